@@ -1,0 +1,301 @@
+"""The one place that reads DICOM: a file's header -> ``InstanceHeader``, or a
+one-line reason why the file cannot be archived.
+
+Headers only (``stop_before_pixels``): the pixel data is never decoded. A file cut
+short still parses that way, so the Pixel Data element is walked by hand to prove
+it is all there.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from dicom_archive.archive.records import InstanceHeader
+from dicom_archive.errors import RejectedFile
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV"}
+_UNDEFINED = 0xFFFFFFFF
+# pydicom reports a file that ends early with a warning (or a log line), not an error.
+_TRUNCATION_HINTS = ("end of file", "delimiter", "truncat", "fewer bytes", "premature")
+_MAX_REASON = 200
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
+
+
+class _CollectLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _pydicom_complaints() -> Iterator[list[str]]:
+    """Collect what pydicom says through ``warnings`` and its logger while reading."""
+    messages: list[str] = []
+    handler = _CollectLog()
+    logger = logging.getLogger("pydicom")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        logger.removeHandler(handler)
+        messages.extend(str(w.message) for w in caught)
+        messages.extend(handler.messages)
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """A dataset written without preamble or meta starts with a group 0002 or 0008 tag."""
+    if len(head) < 8:
+        return False
+    group_le = struct.unpack("<H", head[:2])[0]
+    group_be = struct.unpack(">H", head[:2])[0]
+    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+
+
+def read_header(fp: IO[bytes], file_size: int, name: str) -> InstanceHeader:
+    """Parse and validate one file's header; ``fp`` is positioned at its start.
+
+    Raises ``RejectedFile`` with a one-line reason for anything that must not be
+    archived: not DICOM, unreadable, truncated, a DICOMDIR, a missing UID.
+    """
+    if file_size == 0:
+        raise RejectedFile(name, "empty file")
+    head = fp.read(132)
+    fp.seek(0)
+    force = False
+    if head[128:132] != b"DICM":
+        if not _looks_like_raw_dataset(head):
+            raise RejectedFile(name, "not a DICOM file (no DICM prefix)")
+        force = True
+    dataset = _parse(fp, name, force)
+    transfer_syntax = _transfer_syntax(dataset)
+    if transfer_syntax != DeflatedExplicitVRLittleEndian:
+        # Deflated data is parsed from an inflated copy; zlib already refuses a cut stream.
+        stopped_at = fp.tell()
+        _check_last_element_complete(dataset, file_size, name)
+        if stopped_at < file_size:
+            _check_pixel_data_complete(fp, stopped_at, file_size, dataset, transfer_syntax, name)
+    with warnings.catch_warnings():
+        # Invalid values (an IS of '1A') are kept out of the index, not fatal.
+        warnings.simplefilter("ignore")
+        return _header_from(dataset, transfer_syntax, name)
+
+
+def _parse(fp: IO[bytes], name: str, force: bool) -> Dataset:
+    with _pydicom_complaints() as complaints:
+        try:
+            dataset = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        except InvalidDicomError as exc:
+            raise RejectedFile(name, f"not a DICOM file ({_one_line(str(exc))})") from exc
+        except (EOFError, struct.error) as exc:
+            raise RejectedFile(name, "truncated: file ends inside the header") from exc
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise RejectedFile(name, f"unreadable DICOM: {_one_line(str(exc))}") from exc
+    for message in complaints:
+        if any(hint in message.lower() for hint in _TRUNCATION_HINTS):
+            raise RejectedFile(name, f"truncated: {_one_line(message)}")
+    if len(dataset) == 0:
+        raise RejectedFile(name, "not a DICOM file (no data elements)")
+    return dataset
+
+
+def _transfer_syntax(dataset: Dataset) -> str:
+    meta = getattr(dataset, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if uid:
+        return uid
+    is_implicit, is_little = dataset.original_encoding
+    if is_implicit:
+        return IMPLICIT_VR_LITTLE_ENDIAN
+    return EXPLICIT_VR_LITTLE_ENDIAN if is_little is not False else EXPLICIT_VR_BIG_ENDIAN
+
+
+def _check_last_element_complete(dataset: Dataset, file_size: int, name: str) -> None:
+    """pydicom reads a short final value without complaint; compare with the file size."""
+    tags = list(dataset.keys())
+    if not tags:
+        return
+    last = dataset.get_item(max(tags))
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
+        end = last.value_tell + last.length
+        if end > file_size:
+            raise RejectedFile(
+                name, f"truncated: element {last.tag} needs {end - file_size} more bytes"
+            )
+
+
+def _check_pixel_data_complete(
+    fp: IO[bytes],
+    offset: int,
+    file_size: int,
+    dataset: Dataset,
+    transfer_syntax: str,
+    name: str,
+) -> None:
+    fp.seek(offset)
+    endian = "<" if transfer_syntax != EXPLICIT_VR_BIG_ENDIAN else ">"
+    head = fp.read(8)
+    if len(head) < 8:
+        raise RejectedFile(name, "truncated: file ends inside the Pixel Data header")
+    group, element = struct.unpack(endian + "HH", head[:4])
+    tag = (group << 16) | element
+    if tag not in _PIXEL_TAGS:
+        return
+    # Files lie about their encoding (explicit VR declared, implicit written); the
+    # bytes themselves say which: explicit VR puts two capital letters after the tag.
+    implicit = not (head[4:6].isalpha() and head[4:6].isupper())
+    if implicit:
+        length = struct.unpack(endian + "L", head[4:8])[0]
+        value_start = offset + 8
+    elif head[4:6] in _LONG_VRS:
+        rest = fp.read(4)
+        if len(rest) < 4:
+            raise RejectedFile(name, "truncated: file ends inside the Pixel Data header")
+        length = struct.unpack(endian + "L", rest)[0]
+        value_start = offset + 12
+    else:
+        length = struct.unpack(endian + "H", head[6:8])[0]
+        value_start = offset + 8
+    if length == _UNDEFINED:
+        _check_fragments_complete(fp, value_start, file_size, name)
+        return
+    if value_start + length > file_size:
+        missing = value_start + length - file_size
+        raise RejectedFile(name, f"truncated: Pixel Data is {missing} bytes short")
+    expected = _expected_native_length(dataset)
+    if expected is not None and length < expected:
+        raise RejectedFile(
+            name, f"truncated: Pixel Data holds {length} bytes, the image needs {expected}"
+        )
+
+
+def _check_fragments_complete(fp: IO[bytes], start: int, file_size: int, name: str) -> None:
+    """Walk encapsulated fragments up to the Sequence Delimitation Item."""
+    position = start
+    while True:
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise RejectedFile(
+                name, "truncated: encapsulated Pixel Data ends before its delimiter"
+            )
+        group, element, length = struct.unpack("<HHL", head)
+        tag = (group << 16) | element
+        if tag == _SEQUENCE_DELIMITER:
+            return
+        if tag != _ITEM or length == _UNDEFINED:
+            raise RejectedFile(name, f"corrupt encapsulated Pixel Data at byte {position}")
+        position += 8 + length
+        if position > file_size:
+            raise RejectedFile(name, "truncated: a Pixel Data fragment is cut short")
+
+
+def _int_attr(dataset: Dataset, keyword: str, default: int | None = None) -> int | None:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _expected_native_length(dataset: Dataset) -> int | None:
+    rows = _int_attr(dataset, "Rows")
+    columns = _int_attr(dataset, "Columns")
+    bits = _int_attr(dataset, "BitsAllocated")
+    if not rows or not columns or not bits:
+        return None
+    samples = _int_attr(dataset, "SamplesPerPixel", 1) or 1
+    frames = _int_attr(dataset, "NumberOfFrames", 1) or 1
+    bit_count = rows * columns * samples * frames * bits
+    if _text(dataset, "PhotometricInterpretation") == "YBR_FULL_422":
+        # Chroma is subsampled horizontally: two values per pixel instead of three.
+        bit_count = bit_count * 2 // 3
+    return (bit_count + 7) // 8
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    try:
+        value: Any = dataset.get(keyword)
+    except Exception:  # a value pydicom cannot convert is kept out, not fatal
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
+
+
+def _header_from(dataset: Dataset, transfer_syntax: str, name: str) -> InstanceHeader:
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+        raise RejectedFile(name, "a DICOMDIR is a media directory, not an instance")
+    sop_instance_uid = _text(dataset, "SOPInstanceUID")
+    if not sop_instance_uid and meta is not None:
+        sop_instance_uid = ""
+    study_uid = _text(dataset, "StudyInstanceUID")
+    series_uid = _text(dataset, "SeriesInstanceUID")
+    missing = [
+        label
+        for label, value in (
+            ("SOP Instance UID", sop_instance_uid),
+            ("Study Instance UID", study_uid),
+            ("Series Instance UID", series_uid),
+        )
+        if not value
+    ]
+    if missing:
+        raise RejectedFile(name, "missing " + ", ".join(missing))
+    sop_class_uid = _text(dataset, "SOPClassUID")
+    if not sop_class_uid and meta is not None:
+        sop_class_uid = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    return InstanceHeader(
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        transfer_syntax_uid=transfer_syntax,
+        patient_id=_text(dataset, "PatientID"),
+        patient_name=_text(dataset, "PatientName"),
+        patient_birth_date=_text(dataset, "PatientBirthDate"),
+        patient_sex=_text(dataset, "PatientSex"),
+        study_date=_text(dataset, "StudyDate"),
+        study_time=_text(dataset, "StudyTime"),
+        study_description=_text(dataset, "StudyDescription"),
+        accession_number=_text(dataset, "AccessionNumber"),
+        study_id=_text(dataset, "StudyID"),
+        referring_physician=_text(dataset, "ReferringPhysicianName"),
+        modality=_text(dataset, "Modality"),
+        series_description=_text(dataset, "SeriesDescription"),
+        series_number=_int_attr(dataset, "SeriesNumber"),
+        body_part=_text(dataset, "BodyPartExamined"),
+        instance_number=_int_attr(dataset, "InstanceNumber"),
+    )

@@ -1,0 +1,109 @@
+"""Durable file operations: fsync of files and folders, syncfs, no-replace links."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+_libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return None
+        _libc = ctypes.CDLL(name, use_errno=True)
+    return _libc
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` in one call.
+
+    One ``syncfs`` per batch replaces an fsync per file (git's batch fsync idea);
+    Python has no ``os.syncfs``, so it goes through libc. Where syncfs is missing
+    the caller's per-file fsyncs are the fallback.
+    """
+    libc = _load_libc()
+    if libc is None or not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def make_dirs_durable(root: Path, relative_dir: Path) -> list[Path]:
+    """Create ``root/relative_dir`` and return the folders whose entries changed.
+
+    Each new folder and the folder holding it need an fsync (or a syncfs) before
+    anything inside them can be called durable.
+    """
+    changed: list[Path] = []
+    current = root
+    for part in relative_dir.parts:
+        parent = current
+        current = current / part
+        try:
+            current.mkdir()
+        except FileExistsError:
+            continue
+        changed.append(parent)
+        changed.append(current)
+    return changed
+
+
+def link_no_replace(source: Path, destination: Path) -> bool:
+    """Give ``source`` the extra name ``destination`` unless that name is taken.
+
+    ``os.rename`` would silently replace an archived file; ``os.link`` fails with
+    EEXIST instead. Returns False when the destination already exists.
+    """
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A filesystem without hard links: renameat2(RENAME_NOREPLACE) keeps the
+        # promise and leaves no source name behind, which the caller tolerates.
+        return _rename_no_replace(source, destination)
+    return True
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_no_replace(source: Path, destination: Path) -> bool:
+    libc = _load_libc()
+    if libc is None or not hasattr(libc, "renameat2"):
+        raise OSError(errno.ENOTSUP, "filesystem supports neither link nor renameat2")
+    result = libc.renameat2(
+        _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE
+    )
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    raise OSError(err, os.strerror(err), str(destination))

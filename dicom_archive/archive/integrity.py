@@ -1,0 +1,185 @@
+"""Comparing the index with the disk, folder by folder, in flat memory.
+
+Each folder under ``data/`` is listed once and compared with the index rows under
+that folder (a range on the indexed ``file_path``); rows whose folder was never
+seen are found by one streaming pass at the end. With ``verify_files`` each file
+is also read once: hashed against its stored SHA-256 and its header re-parsed to
+confirm its UIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from dicom_archive.archive.dicomfile import read_header
+from dicom_archive.archive.index import Index, now_iso
+from dicom_archive.archive.layout import TMP_SUFFIX
+from dicom_archive.archive.records import CheckReport, Finding, FindingKind
+from dicom_archive.archive.store import Archive
+from dicom_archive.errors import RejectedFile
+
+_ROWS_IN_FOLDER = """
+SELECT i.file_path, i.file_size, i.sha256, i.sop_instance_uid,
+       se.series_instance_uid, st.study_instance_uid
+FROM instances i
+JOIN series se ON se.id = i.series_pk
+JOIN studies st ON st.id = se.study_pk
+WHERE i.file_path > ? AND i.file_path < ?
+"""
+
+
+_SERIES_DEPTH = 3
+
+
+def _walk(top: Path) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+    """(folder relative to the archive root, its non-folder entries), no symlink following."""
+    stack = [top]
+    root_len = len(str(top.parent)) + 1
+    while stack:
+        folder = stack.pop()
+        files: list[os.DirEntry[str]] = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    files.append(entry)
+        yield str(folder)[root_len:], files
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporaries(archive: Archive) -> list[Path]:
+    """Temporary copies left by writers that no longer run."""
+    if not archive.paths.tmp.is_dir():
+        return []
+    stale = []
+    for entry in archive.paths.tmp.iterdir():
+        pid_text = entry.name.split("-", 1)[0]
+        if entry.name.endswith(TMP_SUFFIX) and pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        stale.append(entry)
+    return sorted(stale)
+
+
+def check_archive(
+    archive: Archive,
+    *,
+    verify_files: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    started = time.perf_counter()
+    report = CheckReport(verified=verify_files)
+    db = archive.index.connection
+    root = archive.root
+    seen_folders: set[str] = set()
+    with archive.index.read():
+        if archive.paths.data.is_dir():
+            for folder, entries in _walk(archive.paths.data):
+                seen_folders.add(folder)
+                prefix = folder + "/"
+                # Instances live only in series folders (data/PATIENT/STUDY/SERIES);
+                # a file anywhere else is an orphan without asking the index.
+                indexed = (
+                    {row[0]: row for row in db.execute(_ROWS_IN_FOLDER, (prefix, folder + "0"))}
+                    if folder.count("/") == _SERIES_DEPTH
+                    else {}
+                )
+                for entry in entries:
+                    relative = prefix + entry.name
+                    report.files_seen += 1
+                    row = indexed.pop(relative, None)
+                    if row is None or not entry.is_file(follow_symlinks=False):
+                        what = "not indexed" if row is None else "not a regular file"
+                        report.findings.append(Finding(FindingKind.ORPHANED, relative, what))
+                        continue
+                    report.instances_checked += 1
+                    _check_one(root, entry, row, verify_files, report)
+                    if on_progress is not None:
+                        on_progress(report.instances_checked)
+                for relative in indexed:
+                    report.instances_checked += 1
+                    report.findings.append(Finding(FindingKind.MISSING, relative, "file is gone"))
+        for (relative,) in db.execute("SELECT file_path FROM instances"):
+            if relative.rsplit("/", 1)[0] not in seen_folders:
+                report.instances_checked += 1
+                report.findings.append(Finding(FindingKind.MISSING, relative, "folder is gone"))
+    for path in stale_temporaries(archive):
+        report.findings.append(
+            Finding(FindingKind.TEMPORARY, str(path.relative_to(root)), "left by a stopped import")
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_one(
+    root: Path,
+    entry: os.DirEntry[str],
+    row: tuple[str, int, str, str, str, str],
+    verify_files: bool,
+    report: CheckReport,
+) -> None:
+    relative, size, sha256, sop, series_uid, study_uid = row
+    actual_size = entry.stat(follow_symlinks=False).st_size
+    if actual_size != size:
+        report.findings.append(
+            Finding(FindingKind.SIZE_MISMATCH, relative, f"{actual_size} bytes, index says {size}")
+        )
+        return
+    if not verify_files:
+        return
+    try:
+        with open(root / relative, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        report.findings.append(Finding(FindingKind.UNREADABLE, relative, exc.strerror or ""))
+        return
+    if hashlib.sha256(data).hexdigest() != sha256:
+        report.findings.append(
+            Finding(FindingKind.CONTENT_CHANGED, relative, "SHA-256 differs from import")
+        )
+        return
+    try:
+        header = read_header(io.BytesIO(data), len(data), relative)
+    except RejectedFile as exc:
+        report.findings.append(Finding(FindingKind.UNREADABLE, relative, exc.reason))
+        return
+    found = (header.sop_instance_uid, header.series_instance_uid, header.study_instance_uid)
+    if found != (sop, series_uid, study_uid):
+        report.findings.append(
+            Finding(FindingKind.WRONG_IDENTITY, relative, "header UIDs differ from the index")
+        )
+
+
+
+def record_check(index: Index, report: CheckReport, started_at: str) -> None:
+    """Keep the result in the index, for ``status`` and for the record."""
+    with index.write() as db:
+        db.execute(
+            "INSERT INTO checks(started_at, finished_at, verified, instances, findings, summary) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                started_at,
+                now_iso(),
+                int(report.verified),
+                report.instances_checked,
+                len(report.findings),
+                json.dumps(report.counts()),
+            ),
+        )
+
+

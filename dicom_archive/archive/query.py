@@ -1,0 +1,218 @@
+"""Study-level queries: C-FIND style wildcards and date ranges, served by the index.
+
+A case-insensitive wildcard (``*`` any run, ``?`` exactly one) becomes a ``GLOB``
+on a folded, indexed column; with a literal prefix (``DOE*``) SQLite answers it
+from the index instead of scanning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_archive.archive.index import Index, fold
+from dicom_archive.errors import InvalidQuery
+
+_GLOB_SPECIALS = re.compile(r"([\[\]])")
+_CHUNK = 500
+
+
+def has_wildcard(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+def wildcard_to_glob(pattern: str) -> str:
+    """A folded GLOB pattern matching what ``pattern`` means, case-insensitively.
+
+    Only ``*`` and ``?`` are wildcards; ``[`` and ``]`` are matched literally.
+    """
+    return _GLOB_SPECIALS.sub(r"[\1]", fold(pattern))
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """Inclusive ``YYYYMMDD`` bounds; None is open."""
+
+    start: str | None
+    end: str | None
+
+    def matches(self, value: str) -> bool:
+        if not value:
+            return False
+        return (self.start is None or value >= self.start) and (
+            self.end is None or value <= self.end
+        )
+
+
+def _valid_date(text: str, whole: str) -> str:
+    try:
+        datetime.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise InvalidQuery(
+            f"invalid study date {whole!r}: use YYYYMMDD, or a range A-B, A- or -B"
+        ) from None
+    if len(text) != 8:
+        raise InvalidQuery(f"invalid study date {whole!r}: use YYYYMMDD")
+    return text
+
+
+def parse_date_range(text: str) -> DateRange:
+    """``YYYYMMDD``, or a DICOM range ``A-B``, ``A-``, ``-B`` (inclusive)."""
+    value = text.strip()
+    if "-" not in value:
+        day = _valid_date(value, text)
+        return DateRange(day, day)
+    if value.count("-") != 1 or value == "-":
+        raise InvalidQuery(f"invalid study date range {text!r}: use A-B, A- or -B")
+    start, end = value.split("-")
+    range_ = DateRange(
+        _valid_date(start, text) if start else None, _valid_date(end, text) if end else None
+    )
+    if range_.start and range_.end and range_.start > range_.end:
+        raise InvalidQuery(f"invalid study date range {text!r}: the start is after the end")
+    return range_
+
+
+@dataclass(frozen=True, slots=True)
+class StudyQuery:
+    patient_name: str | None = None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    modality: str | None = None
+    study_date: DateRange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    series_instance_uid: str
+    series_number: int | None
+    modality: str
+    description: str
+    body_part: str
+    instance_count: int
+    total_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seriesInstanceUID": self.series_instance_uid,
+            "seriesNumber": self.series_number,
+            "modality": self.modality,
+            "seriesDescription": self.description,
+            "bodyPart": self.body_part,
+            "instanceCount": self.instance_count,
+            "totalBytes": self.total_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StudyResult:
+    patient_name: str
+    patient_id: str
+    study_date: str
+    study_time: str
+    study_instance_uid: str
+    description: str
+    accession_number: str
+    modalities: tuple[str, ...]
+    series_count: int
+    instance_count: int
+    total_bytes: int
+    series: tuple[SeriesSummary, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "patientName": self.patient_name,
+            "patientID": self.patient_id,
+            "studyDate": self.study_date,
+            "studyTime": self.study_time,
+            "studyInstanceUID": self.study_instance_uid,
+            "studyDescription": self.description,
+            "accessionNumber": self.accession_number,
+            "modalities": list(self.modalities),
+            "seriesCount": self.series_count,
+            "instanceCount": self.instance_count,
+            "totalBytes": self.total_bytes,
+            "series": [s.as_json() for s in self.series],
+        }
+
+
+def _text_condition(column: str, value: str) -> tuple[str, str]:
+    if has_wildcard(value):
+        return f"{column} GLOB ?", wildcard_to_glob(value)
+    return f"{column} = ?", fold(value)
+
+
+def build_where(query: StudyQuery) -> tuple[str, list[str]]:
+    """The SQL condition on ``studies st JOIN patients p`` and its parameters."""
+    clauses: list[str] = []
+    params: list[str] = []
+    if query.patient_name:
+        clause, param = _text_condition("p.name_fold", query.patient_name)
+        clauses.append(clause)
+        params.append(param)
+    if query.patient_id:
+        clause, param = _text_condition("p.patient_id_fold", query.patient_id)
+        clauses.append(clause)
+        params.append(param)
+    if query.study_uid:
+        clauses.append("st.study_instance_uid = ?")
+        params.append(query.study_uid)
+    if query.modality:
+        clauses.append("st.id IN (SELECT study_pk FROM series WHERE modality_fold = ?)")
+        params.append(fold(query.modality))
+    if query.study_date:
+        clauses.append("st.study_date != ''")
+        if query.study_date.start:
+            clauses.append("st.study_date >= ?")
+            params.append(query.study_date.start)
+        if query.study_date.end:
+            clauses.append("st.study_date <= ?")
+            params.append(query.study_date.end)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def find_studies(index: Index, query: StudyQuery) -> Iterator[StudyResult]:
+    """One result per matching study, ordered by date, patient and UID."""
+    where, params = build_where(query)
+    cursor = index.connection.execute(
+        "SELECT st.id, p.patient_name, p.patient_id, st.study_date, st.study_time, "
+        "st.study_instance_uid, st.description, st.accession_number "
+        "FROM studies st JOIN patients p ON p.id = st.patient_pk "
+        f"WHERE {where} ORDER BY st.study_date, p.patient_name, st.study_instance_uid",
+        params,
+    )
+    while rows := cursor.fetchmany(_CHUNK):
+        series_by_study = _series_for(index, [row[0] for row in rows])
+        for row in rows:
+            series = series_by_study.get(row[0], [])
+            modalities = tuple(sorted({s.modality for s in series if s.modality}))
+            yield StudyResult(
+                patient_name=row[1],
+                patient_id=row[2],
+                study_date=row[3],
+                study_time=row[4],
+                study_instance_uid=row[5],
+                description=row[6],
+                accession_number=row[7],
+                modalities=modalities,
+                series_count=len(series),
+                instance_count=sum(s.instance_count for s in series),
+                total_bytes=sum(s.total_bytes for s in series),
+                series=tuple(series),
+            )
+
+
+def _series_for(index: Index, study_pks: Sequence[int]) -> dict[int, list[SeriesSummary]]:
+    marks = ",".join("?" * len(study_pks))
+    found: dict[int, list[SeriesSummary]] = {}
+    for row in index.connection.execute(
+        "SELECT study_pk, series_instance_uid, series_number, modality, description, "
+        "body_part, instance_count, total_bytes FROM series "
+        f"WHERE study_pk IN ({marks}) ORDER BY study_pk, series_number, id",
+        list(study_pks),
+    ):
+        found.setdefault(row[0], []).append(SeriesSummary(*row[1:]))
+    return found

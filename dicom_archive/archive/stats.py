@@ -1,0 +1,88 @@
+"""Archive totals, served from per-series counters (no scan of the instances)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_archive.archive.index import Index
+
+
+@dataclass(frozen=True, slots=True)
+class ModalityStats:
+    modality: str
+    instances: int
+    series: int
+    studies: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStats:
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    total_bytes: int
+    first_study_date: str
+    last_study_date: str
+    first_import: str
+    last_import: str
+    modalities: tuple[ModalityStats, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "patients": self.patients,
+            "studies": self.studies,
+            "series": self.series,
+            "instances": self.instances,
+            "totalBytes": self.total_bytes,
+            "studyDateRange": {"first": self.first_study_date, "last": self.last_study_date},
+            "imports": {"first": self.first_import, "last": self.last_import},
+            "modalities": [
+                {
+                    "modality": m.modality,
+                    "instances": m.instances,
+                    "series": m.series,
+                    "studies": m.studies,
+                    "bytes": m.bytes,
+                }
+                for m in self.modalities
+            ],
+        }
+
+
+def archive_stats(index: Index) -> ArchiveStats:
+    with index.read() as db:
+        patients = db.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
+        studies = db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+        series, instances, total_bytes = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(instance_count), 0), COALESCE(SUM(total_bytes), 0) "
+            "FROM series"
+        ).fetchone()
+        first_date = db.execute(
+            "SELECT MIN(study_date) FROM studies WHERE study_date != ''"
+        ).fetchone()[0]
+        last_date = db.execute("SELECT MAX(study_date) FROM studies").fetchone()[0]
+        first_import = db.execute("SELECT MIN(imported_at) FROM instances").fetchone()[0]
+        last_import = db.execute("SELECT MAX(imported_at) FROM instances").fetchone()[0]
+        modalities = tuple(
+            ModalityStats(*row)
+            for row in db.execute(
+                "SELECT modality, SUM(instance_count), COUNT(*), COUNT(DISTINCT study_pk), "
+                "SUM(total_bytes) FROM series GROUP BY modality "
+                "ORDER BY SUM(instance_count) DESC, modality"
+            )
+        )
+    return ArchiveStats(
+        patients=patients,
+        studies=studies,
+        series=series,
+        instances=instances,
+        total_bytes=total_bytes,
+        first_study_date=first_date or "",
+        last_study_date=last_date or "",
+        first_import=first_import or "",
+        last_import=last_import or "",
+        modalities=modalities,
+    )

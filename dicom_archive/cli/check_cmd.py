@@ -1,0 +1,96 @@
+"""dicom-archive check: compare the index with the files on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from dicom_archive.archive.index import now_iso
+from dicom_archive.archive.integrity import check_archive, record_check
+from dicom_archive.archive.records import CheckReport, FindingKind
+from dicom_archive.cli.common import ProgressBar, add_archive_option, open_from_args, safe
+from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
+
+LABELS = {
+    FindingKind.MISSING: "missing files",
+    FindingKind.SIZE_MISMATCH: "size mismatches",
+    FindingKind.ORPHANED: "orphaned files",
+    FindingKind.TEMPORARY: "leftover temporary files",
+    FindingKind.CONTENT_CHANGED: "content changed",
+    FindingKind.UNREADABLE: "unreadable",
+    FindingKind.WRONG_IDENTITY: "wrong identity",
+}
+_VERIFY_ONLY = {FindingKind.CONTENT_CHANGED, FindingKind.UNREADABLE, FindingKind.WRONG_IDENTITY}
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="compare the index with the files on disk",
+        description="Find missing files, size mismatches, orphaned files (in data/ but not "
+        "indexed) and leftover temporary files. --verify-files also re-hashes every file "
+        "against its SHA-256 from import and re-reads its header to confirm its UIDs. "
+        "Exit 0 when clean, 1 when anything is found.",
+    )
+    add_archive_option(parser)
+    parser.add_argument(
+        "--verify-files", action="store_true", help="re-hash every file and re-read its header"
+    )
+    parser.add_argument("--verbose", action="store_true", help="list every finding")
+    parser.add_argument(
+        "--format", "-f", choices=("text", "json"), default="text",
+        help="text (default) or json, for monitoring",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def report_json(report: CheckReport) -> dict[str, Any]:
+    return {
+        "clean": report.clean,
+        "verified": report.verified,
+        "instancesChecked": report.instances_checked,
+        "filesSeen": report.files_seen,
+        "seconds": round(report.seconds, 3),
+        "counts": report.counts(),
+        "findings": [
+            {"kind": f.kind.value, "path": f.path, "detail": f.detail} for f in report.findings
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    started_at = now_iso()
+    with open_from_args(args) as archive:
+        total = archive.index.instance_count()
+        progress = ProgressBar(total, "verifying" if args.verify_files else "checking")
+        last = 0
+
+        def on_progress(done: int) -> None:
+            nonlocal last
+            progress.advance(done - last)
+            last = done
+
+        report = check_archive(archive, verify_files=args.verify_files, on_progress=on_progress)
+        progress.close()
+        record_check(archive.index, report, started_at)
+    if args.format == "json":
+        print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
+        return EXIT_OK if report.clean else EXIT_PROBLEMS
+    if args.verbose:
+        for finding in report.findings:
+            detail = f" ({finding.detail})" if finding.detail else ""
+            print(safe(f"{finding.kind.value:16} {finding.path}{detail}"))
+    counts = report.counts()
+    kinds = [k for k in FindingKind if args.verify_files or k not in _VERIFY_ONLY]
+    print(
+        f"{report.instances_checked} instances checked"
+        f"{' and verified' if args.verify_files else ''} in {report.seconds:.1f} s: "
+        + ", ".join(f"{counts[k.value]} {LABELS[k]}" for k in kinds)
+    )
+    if report.clean:
+        print("The archive is clean.")
+        return EXIT_OK
+    if not args.verbose:
+        print("Run with --verbose to list every finding.")
+    return EXIT_PROBLEMS

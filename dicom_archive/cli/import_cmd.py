@@ -1,0 +1,120 @@
+"""dicom-archive import: archive files and folders, one outcome per input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dicom_archive.archive.importer import Importer
+from dicom_archive.archive.records import ImportOutcome, ImportSummary, Outcome
+from dicom_archive.archive.snapshot import write_snapshot
+from dicom_archive.cli.common import ProgressBar, add_archive_option, open_from_args, safe
+from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "import",
+        help="import DICOM files into an archive",
+        description="Import files, or the files of folders, into the archive. Every input "
+        "gets one outcome: imported, duplicate (same bytes already archived), conflict "
+        "(same SOP Instance UID, different bytes: never overwritten) or rejected (with a "
+        "reason). Sources are never modified or removed.",
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILES", help="files or folders")
+    add_archive_option(parser)
+    parser.add_argument(
+        "--recursive", action="store_true", help="import folders' whole trees, not only their files"
+    )
+    parser.add_argument(
+        "--skip-duplicates",
+        action="store_true",
+        help="skip files already archived with identical bytes quietly instead of "
+        "reporting them as errors",
+    )
+    parser.add_argument("--verbose", action="store_true", help="one line per file")
+    parser.set_defaults(run=run)
+
+
+def expand_inputs(inputs: list[Path], recursive: bool) -> tuple[list[Path], list[Path]]:
+    """(files to import, inputs that do not exist), folders expanded in sorted order."""
+    files: list[Path] = []
+    missing: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files.extend(_folder_files(item, recursive))
+        elif item.exists() or item.is_symlink():
+            files.append(item)
+        else:
+            missing.append(item)
+    return files, missing
+
+
+def _folder_files(folder: Path, recursive: bool) -> Iterator[Path]:
+    if not recursive:
+        yield from sorted(p for p in folder.iterdir() if not p.is_dir())
+        return
+    for current, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            yield Path(current) / name
+
+
+def _line(outcome: ImportOutcome) -> str:
+    source = safe(outcome.source)
+    match outcome.outcome:
+        case Outcome.IMPORTED:
+            return f"imported   {source} -> {safe(outcome.archived_path)}"
+        case Outcome.DUPLICATE:
+            return f"duplicate  {source}: {safe(outcome.reason)}"
+        case Outcome.CONFLICT:
+            return f"conflict   {source}: {safe(outcome.reason)}"
+        case Outcome.REJECTED:
+            return f"rejected   {source}: {safe(outcome.reason)}"
+        case _:
+            return f"failed     {source}: {safe(outcome.reason)} (source kept; try again)"
+
+
+def summary_line(summary: ImportSummary) -> str:
+    text = (
+        f"{summary.imported} imported, {summary.duplicates} duplicates, "
+        f"{summary.conflicts} conflicts, {summary.rejected} rejected"
+    )
+    if summary.failed:
+        text += f", {summary.failed} failed"
+    megabytes = summary.bytes_imported / 1_000_000
+    return text + f", {megabytes:.1f} MB in {summary.seconds:.1f} s"
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    summary = ImportSummary()
+    with open_from_args(args) as archive:
+        files, missing = expand_inputs(list(args.files), args.recursive)
+        for path in missing:
+            summary.rejected += 1
+            print(f"rejected   {safe(path)}: no such file or folder", file=sys.stderr)
+        progress = ProgressBar(len(files), "importing")
+        for outcome in Importer(archive).import_files(files):
+            summary.add(outcome)
+            progress.advance()
+            quiet_duplicate = outcome.outcome is Outcome.DUPLICATE and args.skip_duplicates
+            if args.verbose and (outcome.outcome is Outcome.IMPORTED or quiet_duplicate):
+                print(_line(outcome))
+            elif outcome.outcome is not Outcome.IMPORTED and not quiet_duplicate:
+                progress.close()
+                print(_line(outcome), file=sys.stderr)
+        progress.close()
+        if summary.imported:
+            write_snapshot(archive.paths, archive.index)
+    summary.seconds = time.perf_counter() - started
+    print(summary_line(summary))
+    problems = summary.conflicts + summary.rejected + summary.failed
+    if not args.skip_duplicates:
+        problems += summary.duplicates
+    return EXIT_PROBLEMS if problems else EXIT_OK

@@ -1,0 +1,58 @@
+"""dicom-archive stats: totals and a per-modality breakdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from dicom_archive.archive.stats import archive_stats
+from dicom_archive.cli.common import (
+    add_archive_option,
+    human_bytes,
+    open_from_args,
+    render_table,
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "stats",
+        help="show totals and a per-modality breakdown",
+        description="Patients, studies, series, instances, total size, a breakdown per "
+        "modality, the study-date range and the first and last import.",
+    )
+    add_archive_option(parser)
+    parser.add_argument(
+        "--format", "-f", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_from_args(args) as archive:
+        stats = archive_stats(archive.index)
+    if args.format == "json":
+        print(json.dumps(stats.as_json(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"Patients:    {stats.patients}")
+    print(f"Studies:     {stats.studies}")
+    print(f"Series:      {stats.series}")
+    print(f"Instances:   {stats.instances}")
+    print(f"Total size:  {human_bytes(stats.total_bytes)} ({stats.total_bytes} bytes)")
+    if stats.first_study_date:
+        print(f"Study dates: {stats.first_study_date} to {stats.last_study_date}")
+    if stats.first_import:
+        print(f"Imports:     first {stats.first_import}, last {stats.last_import}")
+    if stats.modalities:
+        print()
+        print(
+            render_table(
+                ("Modality", "Instances", "Series", "Studies", "Size"),
+                [
+                    (m.modality or "(none)", m.instances, m.series, m.studies, human_bytes(m.bytes))
+                    for m in stats.modalities
+                ],
+            )
+        )
+    return 0

@@ -1,0 +1,1 @@
+"""The watch-folder daemon, built on ``dicom_archive.archive``."""
