@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -45,7 +45,7 @@ class _JournalPrefixRenderer:
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
     """``fmt``: ``auto`` (console on a terminal, JSON otherwise), ``console`` or ``json``."""
     out = stream if stream is not None else sys.stdout

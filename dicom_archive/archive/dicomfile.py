@@ -142,7 +142,8 @@ def _check_last_element_complete(dataset: Dataset, file_size: int, name: str) ->
     tags = list(dataset.keys())
     if not tags:
         return
-    last = dataset.get_item(max(tags))
+    # get_item returns the raw element as read; its type hints claim otherwise.
+    last: object = dataset.get_item(max(tags))
     if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
         end = last.value_tell + last.length
         if end > file_size:
@@ -203,9 +204,7 @@ def _check_fragments_complete(fp: IO[bytes], start: int, file_size: int, name: s
         fp.seek(position)
         head = fp.read(8)
         if len(head) < 8:
-            raise RejectedFile(
-                name, "truncated: encapsulated Pixel Data ends before its delimiter"
-            )
+            raise RejectedFile(name, "truncated: encapsulated Pixel Data ends before its delimiter")
         group, element, length = struct.unpack("<HHL", head)
         tag = (group << 16) | element
         if tag == _SEQUENCE_DELIMITER:

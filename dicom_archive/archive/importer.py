@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_archive.archive.dicomfile import read_header
+from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.fsutil import link_no_replace, make_dirs_durable, syncfs
 from dicom_archive.archive.index import NewInstance
 from dicom_archive.archive.layout import TMP_SUFFIX, relative_instance_path
@@ -176,14 +177,24 @@ class Importer:
                 _unlink_quietly(tmp)
             if known_sha == sha256:
                 return _outcome(
-                    source, Outcome.DUPLICATE, started, header.sop_instance_uid, known_path, size,
+                    source,
+                    Outcome.DUPLICATE,
+                    started,
+                    header.sop_instance_uid,
+                    known_path,
+                    size,
                     reason=f"already archived as {known_path}",
-                )  # fmt: skip
+                )
             return _outcome(
-                source, Outcome.CONFLICT, started, header.sop_instance_uid, known_path, size,
+                source,
+                Outcome.CONFLICT,
+                started,
+                header.sop_instance_uid,
+                known_path,
+                size,
                 reason=f"SOP Instance UID {header.sop_instance_uid} already archived "
                 f"with different bytes at {known_path}",
-            )  # fmt: skip
+            )
 
         item = _Staged(source, header, relative, sha256, size, signature, started, tmp)
         if data is not None:
@@ -227,11 +238,13 @@ class Importer:
 
     def _place(self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome]) -> None:
         root = self.archive.root
+        crash_point("temp-written")
         try:
             syncfs(root)
         except OSError as exc:
             self._fail_all(staged, outcomes, exc)
             return
+        crash_point("temp-synced")
         for position, item in list(staged.items()):
             assert item.tmp is not None
             final = root / item.relative_path
@@ -243,10 +256,14 @@ class Importer:
                     existing_sha, _ = _hash_file(final)
                     if existing_sha != item.sha256:
                         outcomes[position] = _outcome(
-                            item.source, Outcome.CONFLICT, item.started,
-                            item.header.sop_instance_uid, item.relative_path, item.size,
+                            item.source,
+                            Outcome.CONFLICT,
+                            item.started,
+                            item.header.sop_instance_uid,
+                            item.relative_path,
+                            item.size,
                             reason=f"a different file is already at {item.relative_path}",
-                        )  # fmt: skip
+                        )
                         del staged[position]
                 # else: identical bytes left by an interrupted import: adopt them.
             except OSError as exc:
@@ -256,6 +273,7 @@ class Importer:
                 if item.tmp is not None and (item.created_final or position not in staged):
                     _unlink_quietly(item.tmp)
                     item.tmp = None
+        crash_point("linked")
         try:
             syncfs(root)
         except OSError as exc:
@@ -279,21 +297,33 @@ class Importer:
                             NewInstance(item.header, item.relative_path, item.size, item.sha256)
                         )
                         outcomes[position] = _outcome(
-                            item.source, Outcome.IMPORTED, item.started,
-                            item.header.sop_instance_uid, item.relative_path, item.size,
-                        )  # fmt: skip
+                            item.source,
+                            Outcome.IMPORTED,
+                            item.started,
+                            item.header.sop_instance_uid,
+                            item.relative_path,
+                            item.size,
+                        )
                         continue
                     if item.created_final and stored.file_path != item.relative_path:
                         _unlink_quietly(self.archive.root / item.relative_path)
                     same = stored.sha256 == item.sha256
                     outcomes[position] = _outcome(
-                        item.source, Outcome.DUPLICATE if same else Outcome.CONFLICT,
-                        item.started, item.header.sop_instance_uid, stored.file_path, item.size,
-                        reason=(f"already archived as {stored.file_path}" if same else
-                                f"SOP Instance UID {item.header.sop_instance_uid} already "
-                                f"archived with different bytes at {stored.file_path}"),
-                    )  # fmt: skip
+                        item.source,
+                        Outcome.DUPLICATE if same else Outcome.CONFLICT,
+                        item.started,
+                        item.header.sop_instance_uid,
+                        stored.file_path,
+                        item.size,
+                        reason=(
+                            f"already archived as {stored.file_path}"
+                            if same
+                            else f"SOP Instance UID {item.header.sop_instance_uid} already "
+                            f"archived with different bytes at {stored.file_path}"
+                        ),
+                    )
                 index.add_instances(connection, rows)
+            crash_point("index-committed")
         except (IndexBusy, OSError) as exc:
             self._undo_links(staged)
             reason = str(exc) if isinstance(exc, IndexBusy) else _os_reason(exc)

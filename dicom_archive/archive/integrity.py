@@ -165,7 +165,6 @@ def _check_one(
         )
 
 
-
 def record_check(index: Index, report: CheckReport, started_at: str) -> None:
     """Keep the result in the index, for ``status`` and for the record."""
     with index.write() as db:
@@ -181,5 +180,3 @@ def record_check(index: Index, report: CheckReport, started_at: str) -> None:
                 json.dumps(report.counts()),
             ),
         )
-
-

@@ -53,8 +53,24 @@ def iter_patients(index: Index) -> Iterator[dict[str, Any]]:
             patient["studies"].append(_ordered_study(study))
 
     for row in index.connection.execute(_ROWS):
-        (p_pk, p_name, p_id, s_pk, s_uid, s_date, s_desc, se_pk, se_uid, se_mod, se_desc,
-         sop, sop_class, path, size, imported) = row  # fmt: skip
+        (
+            p_pk,
+            p_name,
+            p_id,
+            s_pk,
+            s_uid,
+            s_date,
+            s_desc,
+            se_pk,
+            se_uid,
+            se_mod,
+            se_desc,
+            sop,
+            sop_class,
+            path,
+            size,
+            imported,
+        ) = row
         if p_pk != patient_pk:
             close_study()
             study = None

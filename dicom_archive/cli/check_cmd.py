@@ -39,9 +39,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--verbose", action="store_true", help="list every finding")
     parser.add_argument(
-        "--format", "-f", choices=("text", "json"), default="text",
+        "--format",
+        "-f",
+        choices=("text", "json"),
+        default="text",
         help="text (default) or json, for monitoring",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 

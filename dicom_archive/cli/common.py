@@ -16,9 +16,13 @@ from dicom_archive.logs import strip_control
 
 def add_archive_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--archive", "-a", required=True, type=Path, metavar="ARCHIVE",
+        "--archive",
+        "-a",
+        required=True,
+        type=Path,
+        metavar="ARCHIVE",
         help="the archive folder (made by: dicom-archive init --path ARCHIVE)",
-    )  # fmt: skip
+    )
 
 
 def open_from_args(args: argparse.Namespace) -> Archive:

@@ -32,9 +32,16 @@ ORDER BY p.patient_name, p.patient_id, st.study_date, st.id, se.series_number, s
 """
 
 TABLE_HEADERS = (
-    "Patient Name", "Patient ID", "Study Date", "Study UID", "Modality", "Series #",
-    "Series Description", "Instances", "Size",
-)  # fmt: skip
+    "Patient Name",
+    "Patient ID",
+    "Study Date",
+    "Study UID",
+    "Modality",
+    "Series #",
+    "Series Description",
+    "Instances",
+    "Size",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -46,9 +53,12 @@ def add_parser(subparsers: Any) -> None:
     )
     add_archive_option(parser)
     parser.add_argument(
-        "--format", "-f", choices=("tree", "table", "json"), default="tree",
+        "--format",
+        "-f",
+        choices=("tree", "table", "json"),
+        default="tree",
         help="tree (default), table or json",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--show-instances", action="store_true", help="in the tree, list instances under series"
     )
@@ -71,8 +81,25 @@ def _print_tree(index: Index, show_instances: bool) -> int:
     patient_pk = study_pk = None
     printed = 0
     for row in _series_rows(index):
-        (p_pk, p_name, p_id, s_pk, s_uid, s_date, s_desc, se_pk, se_uid, modality, number,
-         se_desc, count, size, p_studies, s_series, s_instances) = row  # fmt: skip
+        (
+            p_pk,
+            p_name,
+            p_id,
+            s_pk,
+            s_uid,
+            s_date,
+            s_desc,
+            se_pk,
+            se_uid,
+            modality,
+            number,
+            se_desc,
+            count,
+            size,
+            p_studies,
+            s_series,
+            s_instances,
+        ) = row
         if p_pk != patient_pk:
             patient_pk = p_pk
             printed += 1
@@ -111,8 +138,17 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "tree":
             return _print_tree(archive.index, args.show_instances)
         rows = [
-            (r[1], r[2], r[5], r[4], r[9], r[10] if r[10] is not None else "", r[11], r[12],
-             human_bytes(r[13]))  # fmt: skip
+            (
+                r[1],
+                r[2],
+                r[5],
+                r[4],
+                r[9],
+                r[10] if r[10] is not None else "",
+                r[11],
+                r[12],
+                human_bytes(r[13]),
+            )
             for r in _series_rows(archive.index)
         ]
         print(render_table(TABLE_HEADERS, rows))

@@ -10,9 +10,15 @@ from dicom_archive.archive.query import StudyQuery, StudyResult, find_studies, p
 from dicom_archive.cli.common import add_archive_option, open_from_args, render_table, safe
 
 HEADERS = (
-    "Patient Name", "Patient ID", "Date", "Study UID", "Description", "Modalities",
-    "Series", "Instances",
-)  # fmt: skip
+    "Patient Name",
+    "Patient ID",
+    "Date",
+    "Study UID",
+    "Description",
+    "Modalities",
+    "Series",
+    "Instances",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,9 +40,12 @@ def add_parser(subparsers: Any) -> None:
         "--study-date", metavar="D", help="YYYYMMDD, or a range A-B, A- (from A), -B (up to B)"
     )
     parser.add_argument(
-        "--format", "-f", choices=("table", "json", "text"), default="table",
+        "--format",
+        "-f",
+        choices=("table", "json", "text"),
+        default="table",
         help="table (default), json (a list of studies with their series) or text",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 
@@ -52,10 +61,15 @@ def query_from_args(args: argparse.Namespace) -> StudyQuery:
 
 def _row(result: StudyResult) -> tuple[object, ...]:
     return (
-        result.patient_name, result.patient_id, result.study_date, result.study_instance_uid,
-        result.description, "/".join(result.modalities), result.series_count,
+        result.patient_name,
+        result.patient_id,
+        result.study_date,
+        result.study_instance_uid,
+        result.description,
+        "/".join(result.modalities),
+        result.series_count,
         result.instance_count,
-    )  # fmt: skip
+    )
 
 
 def _text(result: StudyResult) -> str:
