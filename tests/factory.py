@@ -135,3 +135,13 @@ def iter_pydicom_files() -> Iterator[Path]:
         if path.is_file() and path not in seen:
             seen.add(path)
             yield path
+
+
+def charset_file(name: str) -> Path:
+    """One of pydicom's character-set test files, by name (e.g. 'chrH31.dcm')."""
+    from pydicom.data import get_charset_files
+
+    matches = [Path(p) for p in get_charset_files(name)]
+    if not matches:
+        raise FileNotFoundError(name)
+    return matches[0]

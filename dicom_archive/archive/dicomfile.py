@@ -120,6 +120,7 @@ def _parse(fp: IO[bytes], name: str, force: bool) -> Dataset:
             raise RejectedFile(name, f"unreadable DICOM: {_one_line(str(exc))}") from exc
     for message in complaints:
         if any(hint in message.lower() for hint in _TRUNCATION_HINTS):
+            message = message.split(" found in file")[0]
             raise RejectedFile(name, f"truncated: {_one_line(message)}")
     if len(dataset) == 0:
         raise RejectedFile(name, "not a DICOM file (no data elements)")
@@ -152,6 +153,31 @@ def _check_last_element_complete(dataset: Dataset, file_size: int, name: str) ->
             )
 
 
+def _element_header(
+    fp: IO[bytes], offset: int, endian: str, name: str
+) -> tuple[int, int, int] | None:
+    """(tag, value length, value start) of the element at ``offset``; None at EOF."""
+    fp.seek(offset)
+    head = fp.read(8)
+    if not head:
+        return None
+    if len(head) < 8:
+        raise RejectedFile(name, f"truncated: file ends inside an element header at byte {offset}")
+    group, element = struct.unpack(endian + "HH", head[:4])
+    tag = (group << 16) | element
+    # Files lie about their encoding (explicit VR declared, implicit written); the
+    # bytes themselves say which: explicit VR puts two capital letters after the tag.
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    if not explicit or tag in (_ITEM, _SEQUENCE_DELIMITER):
+        return tag, struct.unpack(endian + "L", head[4:8])[0], offset + 8
+    if head[4:6] in _LONG_VRS:
+        rest = fp.read(4)
+        if len(rest) < 4:
+            raise RejectedFile(name, f"truncated: file ends inside an element header at {offset}")
+        return tag, struct.unpack(endian + "L", rest)[0], offset + 12
+    return tag, struct.unpack(endian + "H", head[6:8])[0], offset + 8
+
+
 def _check_pixel_data_complete(
     fp: IO[bytes],
     offset: int,
@@ -160,45 +186,34 @@ def _check_pixel_data_complete(
     transfer_syntax: str,
     name: str,
 ) -> None:
-    fp.seek(offset)
+    """Prove the Pixel Data element, and every top-level element after it, is whole."""
     endian = "<" if transfer_syntax != EXPLICIT_VR_BIG_ENDIAN else ">"
-    head = fp.read(8)
-    if len(head) < 8:
-        raise RejectedFile(name, "truncated: file ends inside the Pixel Data header")
-    group, element = struct.unpack(endian + "HH", head[:4])
-    tag = (group << 16) | element
-    if tag not in _PIXEL_TAGS:
-        return
-    # Files lie about their encoding (explicit VR declared, implicit written); the
-    # bytes themselves say which: explicit VR puts two capital letters after the tag.
-    implicit = not (head[4:6].isalpha() and head[4:6].isupper())
-    if implicit:
-        length = struct.unpack(endian + "L", head[4:8])[0]
-        value_start = offset + 8
-    elif head[4:6] in _LONG_VRS:
-        rest = fp.read(4)
-        if len(rest) < 4:
-            raise RejectedFile(name, "truncated: file ends inside the Pixel Data header")
-        length = struct.unpack(endian + "L", rest)[0]
-        value_start = offset + 12
-    else:
-        length = struct.unpack(endian + "H", head[6:8])[0]
-        value_start = offset + 8
-    if length == _UNDEFINED:
-        _check_fragments_complete(fp, value_start, file_size, name)
-        return
-    if value_start + length > file_size:
-        missing = value_start + length - file_size
-        raise RejectedFile(name, f"truncated: Pixel Data is {missing} bytes short")
-    expected = _expected_native_length(dataset)
-    if expected is not None and length < expected:
-        raise RejectedFile(
-            name, f"truncated: Pixel Data holds {length} bytes, the image needs {expected}"
-        )
+    position = offset
+    while position < file_size:
+        found = _element_header(fp, position, endian, name)
+        if found is None:
+            return
+        tag, length, value_start = found
+        if length == _UNDEFINED:
+            if tag not in _PIXEL_TAGS:
+                return  # an undefined-length sequence after the pixels: pydicom's concern
+            position = _fragments_end(fp, value_start, file_size, name)
+            continue
+        if value_start + length > file_size:
+            missing = value_start + length - file_size
+            what = "Pixel Data" if tag in _PIXEL_TAGS else f"element {tag:08X}"
+            raise RejectedFile(name, f"truncated: {what} is {missing} bytes short")
+        if tag in _PIXEL_TAGS:
+            expected = _expected_native_length(dataset)
+            if expected is not None and length < expected:
+                raise RejectedFile(
+                    name, f"truncated: Pixel Data holds {length} bytes, the image needs {expected}"
+                )
+        position = value_start + length
 
 
-def _check_fragments_complete(fp: IO[bytes], start: int, file_size: int, name: str) -> None:
-    """Walk encapsulated fragments up to the Sequence Delimitation Item."""
+def _fragments_end(fp: IO[bytes], start: int, file_size: int, name: str) -> int:
+    """Walk encapsulated fragments to the Sequence Delimitation Item; return the end."""
     position = start
     while True:
         fp.seek(position)
@@ -208,7 +223,7 @@ def _check_fragments_complete(fp: IO[bytes], start: int, file_size: int, name: s
         group, element, length = struct.unpack("<HHL", head)
         tag = (group << 16) | element
         if tag == _SEQUENCE_DELIMITER:
-            return
+            return position + 8
         if tag != _ITEM or length == _UNDEFINED:
             raise RejectedFile(name, f"corrupt encapsulated Pixel Data at byte {position}")
         position += 8 + length
