@@ -63,7 +63,7 @@ def make_instance(rows: int = 8, columns: int = 8, **overrides: Any) -> Dataset:
         else:
             setattr(ds, keyword, value)
     if "PixelData" not in overrides:
-        seed = int(str(ds.SOPInstanceUID).replace(".", "")[-6:] or "0")
+        seed = sum(str(ds.SOPInstanceUID).encode()) % 251
         ds.PixelData = bytes((seed + i) % 251 for i in range(rows * columns * 2))
     return ds
 
@@ -126,15 +126,12 @@ def write_studies(folder: Path, spec: StudySpec = StudySpec()) -> list[Path]:
 
 
 def iter_pydicom_files() -> Iterator[Path]:
-    """Every file shipped in pydicom's test and charset folders."""
-    from pydicom.data import get_charset_files, get_testdata_files
+    """Every file in pydicom's bundled ``test_files`` and ``charset_files`` folders."""
+    import pydicom.data
 
-    seen: set[Path] = set()
-    for name in sorted(get_testdata_files() + get_charset_files()):
-        path = Path(name)
-        if path.is_file() and path not in seen:
-            seen.add(path)
-            yield path
+    base = Path(pydicom.data.__file__).parent
+    for folder in ("test_files", "charset_files"):
+        yield from sorted(p for p in (base / folder).rglob("*") if p.is_file())
 
 
 def charset_file(name: str) -> Path:
