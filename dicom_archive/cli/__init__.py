@@ -21,11 +21,21 @@ from dicom_archive.cli import (
     init_cmd,
     list_cmd,
     query_cmd,
+    rebuild_cmd,
     stats_cmd,
 )
 from dicom_archive.errors import EXIT_PROBLEMS, ArchiveError
 
-COMMANDS = [init_cmd, import_cmd, query_cmd, list_cmd, export_cmd, check_cmd, stats_cmd]
+COMMANDS = [
+    init_cmd,
+    import_cmd,
+    query_cmd,
+    list_cmd,
+    export_cmd,
+    check_cmd,
+    stats_cmd,
+    rebuild_cmd,
+]
 EXIT_INTERRUPTED = 130
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from dicom_archive.archive.index import now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
 from dicom_archive.archive.records import CheckReport, FindingKind
+from dicom_archive.archive.repair import Action, RepairPlan, apply_repair, plan_repair
+from dicom_archive.archive.store import Archive
 from dicom_archive.cli.common import ProgressBar, add_archive_option, open_from_args, safe
 from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
 
@@ -31,13 +34,26 @@ def add_parser(subparsers: Any) -> None:
         description="Find missing files, size mismatches, orphaned files (in data/ but not "
         "indexed) and leftover temporary files. --verify-files also re-hashes every file "
         "against its SHA-256 from import and re-reads its header to confirm its UIDs. "
-        "Exit 0 when clean, 1 when anything is found.",
+        "Exit 0 when clean, 1 when anything is found. --repair lists what it will do, "
+        "then (with --yes, or after asking on a terminal) indexes orphaned files that are "
+        "valid DICOM, moves unreadable or conflicting orphans to quarantine/, drops rows "
+        "whose files are gone (recorded in quarantine/repair-log.jsonl) and clears "
+        "leftover temporary files. It never deletes a data file.",
     )
     add_archive_option(parser)
     parser.add_argument(
         "--verify-files", action="store_true", help="re-hash every file and re-read its header"
     )
     parser.add_argument("--verbose", action="store_true", help="list every finding")
+    parser.add_argument(
+        "--repair", action="store_true", help="repair what is found (see above), after listing it"
+    )
+    parser.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="with --repair: do not ask first (without it, a non-interactive run only reports)",
+    )
     parser.add_argument(
         "--format",
         "-f",
@@ -77,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         report = check_archive(archive, verify_files=args.verify_files, on_progress=on_progress)
         progress.close()
         record_check(archive.index, report, started_at)
+        if args.repair and not report.clean:
+            return _repair(archive, report, args)
     if args.format == "json":
         print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
         return EXIT_OK if report.clean else EXIT_PROBLEMS
@@ -97,3 +115,50 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         print("Run with --verbose to list every finding.")
     return EXIT_PROBLEMS
+
+
+_VERBS = {
+    Action.INDEX: "index",
+    Action.MOVE_AND_INDEX: "move into its layout path and index",
+    Action.QUARANTINE: "quarantine",
+    Action.DROP_ROW: "drop row",
+    Action.REMOVE_TEMPORARY: "remove temporary",
+    Action.LEAVE: "leave (needs a person)",
+}
+
+
+def _describe(plan: RepairPlan) -> None:
+    for step in plan.steps:
+        target = f" -> {step.target}" if step.target else ""
+        print(safe(f"{_VERBS[step.action]:12} {step.path}{target}: {step.detail}"))
+
+
+def _confirmed(args: argparse.Namespace, count: int) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("Not repairing: this is not a terminal and --yes was not given.")
+        return False
+    answer = input(f"Apply these {count} repairs? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _repair(archive: Archive, report: CheckReport, args: argparse.Namespace) -> int:
+    plan = plan_repair(archive, report)
+    print(f"{len(report.findings)} findings; the repair plan:")
+    _describe(plan)
+    if not plan.actionable:
+        print("Nothing can be repaired automatically.")
+        return EXIT_PROBLEMS
+    if not _confirmed(args, len(plan.actionable)):
+        return EXIT_PROBLEMS
+    result = apply_repair(archive, plan)
+    for step, why in result.failed:
+        print(safe(f"not done     {step.path}: {why}"), file=sys.stderr)
+    print(
+        f"{len(result.done)} repairs done, {len(result.failed)} not done, "
+        f"{len(plan.left)} left for a person. Log: {safe(result.log_path)}"
+    )
+    after = check_archive(archive)
+    print("The archive is clean." if after.clean else f"{len(after.findings)} findings remain.")
+    return EXIT_OK if after.clean and not plan.left else EXIT_PROBLEMS
