@@ -87,43 +87,64 @@ def check_archive(
     db = archive.index.connection
     root = archive.root
     seen_folders: set[str] = set()
-    with archive.index.read():
-        if archive.paths.data.is_dir():
-            for folder, entries in _walk(archive.paths.data):
-                seen_folders.add(folder)
-                prefix = folder + "/"
-                # Instances live only in series folders (data/PATIENT/STUDY/SERIES);
-                # a file anywhere else is an orphan without asking the index.
-                indexed = (
-                    {row[0]: row for row in db.execute(_ROWS_IN_FOLDER, (prefix, folder + "0"))}
-                    if folder.count("/") == _SERIES_DEPTH
-                    else {}
-                )
-                for entry in entries:
-                    relative = prefix + entry.name
-                    report.files_seen += 1
-                    row = indexed.pop(relative, None)
-                    if row is None or not entry.is_file(follow_symlinks=False):
-                        what = "not indexed" if row is None else "not a regular file"
-                        report.findings.append(Finding(FindingKind.ORPHANED, relative, what))
-                        continue
-                    report.instances_checked += 1
-                    _check_one(root, entry, row, verify_files, report)
-                    if on_progress is not None:
-                        on_progress(report.instances_checked)
-                for relative in indexed:
-                    report.instances_checked += 1
-                    report.findings.append(Finding(FindingKind.MISSING, relative, "file is gone"))
-        for (relative,) in db.execute("SELECT file_path FROM instances"):
-            if relative.rsplit("/", 1)[0] not in seen_folders:
+    # No read transaction spans the walk: on a large archive it would pin the WAL for
+    # minutes while the daemon imports. Races with a running import are settled by
+    # _drop_races at the end (a file is always linked before its row commits).
+    if archive.paths.data.is_dir():
+        for folder, entries in _walk(archive.paths.data):
+            seen_folders.add(folder)
+            prefix = folder + "/"
+            # Instances live only in series folders (data/PATIENT/STUDY/SERIES);
+            # a file anywhere else is an orphan without asking the index.
+            indexed = (
+                {row[0]: row for row in db.execute(_ROWS_IN_FOLDER, (prefix, folder + "0"))}
+                if folder.count("/") == _SERIES_DEPTH
+                else {}
+            )
+            for entry in entries:
+                relative = prefix + entry.name
+                report.files_seen += 1
+                row = indexed.pop(relative, None)
+                if row is None or not entry.is_file(follow_symlinks=False):
+                    what = "not indexed" if row is None else "not a regular file"
+                    report.findings.append(Finding(FindingKind.ORPHANED, relative, what))
+                    continue
                 report.instances_checked += 1
-                report.findings.append(Finding(FindingKind.MISSING, relative, "folder is gone"))
+                _check_one(root, entry, row, verify_files, report)
+                if on_progress is not None:
+                    on_progress(report.instances_checked)
+            for relative in indexed:
+                report.instances_checked += 1
+                report.findings.append(Finding(FindingKind.MISSING, relative, "file is gone"))
+    for (relative,) in db.execute("SELECT file_path FROM instances"):
+        if relative.rsplit("/", 1)[0] not in seen_folders:
+            report.instances_checked += 1
+            report.findings.append(Finding(FindingKind.MISSING, relative, "folder is gone"))
+    _drop_races(archive, report)
     for path in stale_temporaries(archive):
         report.findings.append(
             Finding(FindingKind.TEMPORARY, str(path.relative_to(root)), "left by a stopped import")
         )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _drop_races(archive: Archive, report: CheckReport) -> None:
+    """Forget findings that an import running during the walk explains."""
+    db = archive.index.connection
+    kept: list[Finding] = []
+    for finding in report.findings:
+        if finding.kind is FindingKind.MISSING and (archive.root / finding.path).is_file():
+            report.instances_checked -= 1
+            continue
+        if finding.kind is FindingKind.ORPHANED and finding.detail == "not indexed":
+            row = db.execute(
+                "SELECT 1 FROM instances WHERE file_path = ?", (finding.path,)
+            ).fetchone()
+            if row is not None:
+                continue
+        kept.append(finding)
+    report.findings = kept
 
 
 def _check_one(

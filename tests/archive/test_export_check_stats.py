@@ -160,3 +160,31 @@ def test_snapshot_has_the_documented_shape(filled: Archive) -> None:
         )
         == 12
     )
+
+
+def test_check_during_an_import_reports_no_false_findings(archive: Archive, tmp_path: Path) -> None:
+    """check is safe while imports run: files and rows appearing mid-walk are not damage."""
+    import threading
+
+    from dicom_archive.archive.importer import Importer
+    from dicom_archive.archive.store import open_archive
+
+    files = write_studies(
+        tmp_path / "in", StudySpec(patients=6, series_per_study=5, instances_per_series=10)
+    )
+    done = threading.Event()
+
+    def importer() -> None:
+        with open_archive(archive.root) as own:
+            list(Importer(own, batch_size=7).import_files(files))
+        done.set()
+
+    thread = threading.Thread(target=importer)
+    thread.start()
+    runs = 0
+    while not done.is_set() or runs == 0:
+        report = check_archive(archive)
+        assert report.findings == [], report.findings[:3]
+        runs += 1
+    thread.join()
+    assert check_archive(archive).instances_checked == len(files)
