@@ -6,10 +6,11 @@ index row pointing at a missing or partial file, and never touches a source):
 1. each source is read once: its header parsed and validated, its bytes hashed
    and written to ``tmp/<pid>-<n>.part`` inside the archive;
 2. one ``syncfs`` makes every temporary copy durable;
-3. each copy is linked to its final name, never replacing an existing file
-   (``os.link`` fails on an existing name), and its temporary name removed;
+3. under the index write lock (``BEGIN IMMEDIATE``), each copy is linked to its
+   final name, never replacing an existing file (``os.link`` fails on an existing
+   name), and its temporary name removed;
 4. a second ``syncfs`` makes the new directory entries durable;
-5. one ``BEGIN IMMEDIATE`` transaction adds the rows (``synchronous=FULL``).
+5. the rows are added and the transaction commits (``synchronous=FULL``).
 
 An archived file with no row (a crash between 3 and 5) is adopted by the next
 import of the same bytes; different bytes under that name are a conflict.
@@ -23,6 +24,7 @@ import hashlib
 import io
 import itertools
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -115,8 +117,7 @@ class Importer:
                     staged[position] = result
                     pending_by_sop[result.header.sop_instance_uid] = result
             if staged:
-                self._place(staged, outcomes)
-                self._commit(staged, outcomes)
+                self._place_and_commit(staged, outcomes)
         finally:
             for item in staged.values():
                 if item.tmp is not None:
@@ -236,15 +237,42 @@ class Importer:
 
     # -- 2-4. make durable, link to final names ------------------------------
 
-    def _place(self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome]) -> None:
+    def _place_and_commit(
+        self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome]
+    ) -> None:
         root = self.archive.root
         crash_point("temp-written")
         try:
             syncfs(root)
         except OSError as exc:
-            self._fail_all(staged, outcomes, exc)
+            self._fail_all(staged, outcomes, _os_reason(exc))
             return
         crash_point("temp-synced")
+        try:
+            # Links and rows happen under one write lock: whoever takes the lock (a
+            # check re-verifying an orphan, another importer) never sees an archived
+            # file of a batch still on its way to the index.
+            with self.archive.index.write() as connection:
+                try:
+                    self._link(staged, outcomes)
+                    crash_point("linked")
+                    syncfs(root)
+                    self._record(connection, staged, outcomes)
+                except BaseException:
+                    self._undo_links(staged)
+                    raise
+            crash_point("index-committed")
+        except IndexBusy as exc:
+            self._fail_all(staged, outcomes, f"index: {exc}")
+        except OSError as exc:
+            self._fail_all(staged, outcomes, _os_reason(exc))
+        except sqlite3.OperationalError as exc:
+            self._fail_all(staged, outcomes, f"index: {exc}")
+
+    # -- 3. link each copy to its final name, never replacing ----------------
+
+    def _link(self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome]) -> None:
+        root = self.archive.root
         for position, item in list(staged.items()):
             assert item.tmp is not None
             final = root / item.relative_path
@@ -273,80 +301,65 @@ class Importer:
                 if item.tmp is not None and (item.created_final or position not in staged):
                     _unlink_quietly(item.tmp)
                     item.tmp = None
-        crash_point("linked")
-        try:
-            syncfs(root)
-        except OSError as exc:
-            self._fail_all(staged, outcomes, exc)
 
-    # -- 5. one index transaction --------------------------------------------
+    # -- 5. the rows, in the transaction that holds the links ----------------
 
-    def _commit(self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome]) -> None:
-        if not staged:
-            return
+    def _record(
+        self,
+        connection: sqlite3.Connection,
+        staged: dict[int, _Staged],
+        outcomes: dict[int, ImportOutcome],
+    ) -> None:
         index = self.archive.index
-        try:
-            with index.write() as connection:
-                # Another importer may have committed the same SOP meanwhile.
-                already = index.find_instances([s.header.sop_instance_uid for s in staged.values()])
-                rows: list[NewInstance] = []
-                for position, item in staged.items():
-                    stored = already.get(item.header.sop_instance_uid)
-                    if stored is None:
-                        rows.append(
-                            NewInstance(item.header, item.relative_path, item.size, item.sha256)
-                        )
-                        outcomes[position] = _outcome(
-                            item.source,
-                            Outcome.IMPORTED,
-                            item.started,
-                            item.header.sop_instance_uid,
-                            item.relative_path,
-                            item.size,
-                        )
-                        continue
-                    if item.created_final and stored.file_path != item.relative_path:
-                        _unlink_quietly(self.archive.root / item.relative_path)
-                    same = stored.sha256 == item.sha256
-                    outcomes[position] = _outcome(
-                        item.source,
-                        Outcome.DUPLICATE if same else Outcome.CONFLICT,
-                        item.started,
-                        item.header.sop_instance_uid,
-                        stored.file_path,
-                        item.size,
-                        reason=(
-                            f"already archived as {stored.file_path}"
-                            if same
-                            else f"SOP Instance UID {item.header.sop_instance_uid} already "
-                            f"archived with different bytes at {stored.file_path}"
-                        ),
-                    )
-                index.add_instances(connection, rows)
-            crash_point("index-committed")
-        except (IndexBusy, OSError) as exc:
-            self._undo_links(staged)
-            reason = str(exc) if isinstance(exc, IndexBusy) else _os_reason(exc)
-            for position, item in staged.items():
+        # Another importer may have committed the same SOP before we got the lock.
+        already = index.find_instances([s.header.sop_instance_uid for s in staged.values()])
+        rows: list[NewInstance] = []
+        for position, item in staged.items():
+            stored = already.get(item.header.sop_instance_uid)
+            if stored is None:
+                rows.append(NewInstance(item.header, item.relative_path, item.size, item.sha256))
                 outcomes[position] = _outcome(
-                    item.source, Outcome.FAILED, item.started, reason=f"index: {reason}"
+                    item.source,
+                    Outcome.IMPORTED,
+                    item.started,
+                    item.header.sop_instance_uid,
+                    item.relative_path,
+                    item.size,
                 )
-        except BaseException:
-            self._undo_links(staged)
-            raise
+                continue
+            if item.created_final and stored.file_path != item.relative_path:
+                _unlink_quietly(self.archive.root / item.relative_path)
+            item.created_final = False
+            same = stored.sha256 == item.sha256
+            outcomes[position] = _outcome(
+                item.source,
+                Outcome.DUPLICATE if same else Outcome.CONFLICT,
+                item.started,
+                item.header.sop_instance_uid,
+                stored.file_path,
+                item.size,
+                reason=(
+                    f"already archived as {stored.file_path}"
+                    if same
+                    else f"SOP Instance UID {item.header.sop_instance_uid} already "
+                    f"archived with different bytes at {stored.file_path}"
+                ),
+            )
+        index.add_instances(connection, rows)
 
     def _undo_links(self, staged: dict[int, _Staged]) -> None:
         """Remove the archived names this batch created when their rows did not commit."""
         for item in staged.values():
             if item.created_final:
                 _unlink_quietly(self.archive.root / item.relative_path)
+                item.created_final = False
 
     def _fail_all(
-        self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome], exc: OSError
+        self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome], reason: str
     ) -> None:
         self._undo_links(staged)
         for position, item in staged.items():
-            outcomes[position] = _os_failure(item.source, exc, item.started)
+            outcomes[position] = _outcome(item.source, Outcome.FAILED, item.started, reason=reason)
         staged.clear()
 
 

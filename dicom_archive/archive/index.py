@@ -228,11 +228,12 @@ class Index:
             raise
         try:
             yield self.connection
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        else:
             self.connection.execute("COMMIT")
+        except BaseException:
+            # Also when COMMIT itself fails (disk full): never leave the lock held.
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

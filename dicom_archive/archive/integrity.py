@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from dicom_archive.archive.index import Index, now_iso
 from dicom_archive.archive.layout import TMP_SUFFIX
 from dicom_archive.archive.records import CheckReport, Finding, FindingKind
 from dicom_archive.archive.store import Archive
-from dicom_archive.errors import RejectedFile
+from dicom_archive.errors import IndexError_, RejectedFile
 
 _ROWS_IN_FOLDER = """
 SELECT i.file_path, i.file_size, i.sha256, i.sop_instance_uid,
@@ -130,7 +131,21 @@ def check_archive(
 
 
 def _drop_races(archive: Archive, report: CheckReport) -> None:
-    """Forget findings that an import running during the walk explains."""
+    """Forget findings that an import running during the walk explains.
+
+    Importers link files and commit their rows under the index write lock, so
+    re-checking under that lock sees every in-flight batch either whole or not at all.
+    """
+    if not any(f.kind in (FindingKind.MISSING, FindingKind.ORPHANED) for f in report.findings):
+        return
+    try:
+        with archive.index.write():
+            _recheck(archive, report)
+    except (IndexError_, sqlite3.OperationalError):
+        _recheck(archive, report)  # a read-only archive: no importer can be running
+
+
+def _recheck(archive: Archive, report: CheckReport) -> None:
     db = archive.index.connection
     kept: list[Finding] = []
     for finding in report.findings:
@@ -142,6 +157,7 @@ def _drop_races(archive: Archive, report: CheckReport) -> None:
                 "SELECT 1 FROM instances WHERE file_path = ?", (finding.path,)
             ).fetchone()
             if row is not None:
+                report.instances_checked += 1
                 continue
         kept.append(finding)
     report.findings = kept
