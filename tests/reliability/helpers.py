@@ -1,0 +1,126 @@
+"""What the reliability tests share: running the real CLI and proving what is on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "dicom_archive"]
+KILLED = -signal.SIGKILL
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    max_rss_kb: int = 0
+
+
+def cli(
+    *argv: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    user: str | None = None,
+) -> Run:
+    """Run ``dicom-archive ARGV`` in a new process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        [*CLI, *map(str, argv)],
+        env=full_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        user=user,
+        check=False,
+    )
+    return Run(result.returncode, result.stdout, result.stderr)
+
+
+def cli_measured(*argv: str | Path, timeout: float = 600) -> Run:
+    """Like ``cli`` and also the child's own peak RSS (``wait4``: this child only)."""
+    process = subprocess.Popen(
+        [*CLI, *map(str, argv)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Output is small; the pipes cannot fill before the child exits.
+    _, status, usage = os.wait4(process.pid, 0)
+    stdout = process.stdout.read() if process.stdout else ""
+    stderr = process.stderr.read() if process.stderr else ""
+    if process.stdout:
+        process.stdout.close()
+    if process.stderr:
+        process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return Run(process.returncode, stdout, stderr, usage.ru_maxrss)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every regular file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): sha256_of(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def tree_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) of everything under ``folder`` (no content read)."""
+    found = {}
+    for current, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(current) / name
+            info = path.lstat()
+            found[str(path.relative_to(folder))] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def index_rows(archive: Path) -> dict[str, tuple[str, int, str]]:
+    """SOP Instance UID -> (file path, size, SHA-256), read straight from the index."""
+    connection = sqlite3.connect(archive / "archive.db")
+    try:
+        return {
+            row[0]: (row[1], row[2], row[3])
+            for row in connection.execute(
+                "SELECT sop_instance_uid, file_path, file_size, sha256 FROM instances"
+            )
+        }
+    finally:
+        connection.close()
+
+
+def assert_exactly_once(archive: Path, sources: Sequence[Path]) -> None:
+    """Each source's bytes are archived exactly once, byte-identical, and indexed."""
+    rows = index_rows(archive)
+    by_hash: dict[str, list[str]] = {}
+    for _sop, (path, size, sha) in rows.items():
+        on_disk = archive / path
+        assert on_disk.is_file(), f"indexed file missing: {path}"
+        assert on_disk.stat().st_size == size
+        assert sha256_of(on_disk) == sha, f"archived bytes differ from the index: {path}"
+        by_hash.setdefault(sha, []).append(path)
+    data_files = [p for p in (archive / "data").rglob("*") if p.is_file()]
+    assert len(data_files) == len(rows), "files under data/ and index rows disagree"
+    for source in sources:
+        copies = by_hash.get(sha256_of(source), [])
+        assert len(copies) == 1, f"{source} archived {len(copies)} times"
