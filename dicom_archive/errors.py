@@ -81,3 +81,26 @@ class ExportError(ArchiveError):
 
 class InvalidQuery(UsageError):
     """A query value that is not well formed (a bad date range, for example)."""
+
+
+class ConfigError(UsageError):
+    """A daemon configuration that cannot be used; the message names the file and the key."""
+
+    def __init__(self, source: Path | str, key: str, reason: str) -> None:
+        where = f"{source}: {key}" if key else f"{source}"
+        super().__init__(f"{where}: {reason}")
+        self.source = str(source)
+        self.key = key
+        self.reason = reason
+
+
+class DaemonAlreadyRunning(ArchiveError):
+    """A second daemon on one archive (or one incoming folder) refuses to start."""
+
+    def __init__(self, path: Path, holder: str = "") -> None:
+        who = f" ({holder})" if holder else ""
+        super().__init__(
+            f"{path}: a dicom-archive daemon is already running on it{who}; "
+            "stop it first (see: dicom-archive status)"
+        )
+        self.path = path

@@ -18,7 +18,7 @@ from pathlib import Path
 from dicom_archive.archive.records import InstanceHeader
 from dicom_archive.errors import IndexBusy, IndexError_
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 # Folded (lower-cased) copies of the searchable names sit beside the raw values:
@@ -100,7 +100,37 @@ CREATE TABLE checks (
 );
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+# The watch-folder daemon's state, so `status` reads it without a socket.
+_SCHEMA_V2 = """
+-- One row per daemon run (the newest is the current or last one).
+CREATE TABLE daemon_runs (
+    id           INTEGER PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    hostname     TEXT NOT NULL DEFAULT '',
+    started_at   TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at   TEXT,
+    state        TEXT NOT NULL,
+    incoming     TEXT NOT NULL DEFAULT '',
+    queue_depth  INTEGER NOT NULL DEFAULT 0,
+    imported     INTEGER NOT NULL DEFAULT 0,
+    duplicates   INTEGER NOT NULL DEFAULT 0,
+    conflicts    INTEGER NOT NULL DEFAULT 0,
+    rejected     INTEGER NOT NULL DEFAULT 0,
+    failed       INTEGER NOT NULL DEFAULT 0
+);
+
+-- Recent problems (rejections, conflicts, transient failures, daemon errors).
+CREATE TABLE daemon_errors (
+    id      INTEGER PRIMARY KEY,
+    at      TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    path    TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def fold(text: str) -> str:

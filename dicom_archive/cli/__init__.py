@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dicom_archive import __version__
 from dicom_archive.cli import (
     check_cmd,
+    daemon_cmd,
     export_cmd,
     import_cmd,
     init_cmd,
@@ -23,6 +24,7 @@ from dicom_archive.cli import (
     query_cmd,
     rebuild_cmd,
     stats_cmd,
+    status_cmd,
 )
 from dicom_archive.errors import EXIT_PROBLEMS, ArchiveError
 
@@ -35,6 +37,8 @@ COMMANDS = [
     check_cmd,
     stats_cmd,
     rebuild_cmd,
+    daemon_cmd,
+    status_cmd,
 ]
 EXIT_INTERRUPTED = 130
 

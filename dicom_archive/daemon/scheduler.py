@@ -1,0 +1,178 @@
+"""Periodic upkeep: integrity checks, deep verification, the JSON snapshot.
+
+One stop-aware thread on a monotonic loop (no APScheduler: three jobs do not need
+misfire rules). When each job is next due comes from the index (the last recorded
+check, the archive's creation date), so restarting the daemon neither repeats a
+week-long verification nor postpones it for ever. Checks wait while imports are
+queued (up to ``_MAX_DEFER``) and the thread runs at a lower CPU priority, so that
+upkeep never starves imports; a stop request aborts a check between files.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from dicom_archive.archive.index import Index, now_iso
+from dicom_archive.archive.integrity import check_archive, record_check
+from dicom_archive.archive.snapshot import write_snapshot
+from dicom_archive.archive.store import Archive, open_archive
+from dicom_archive.daemon.runtime import Runtime
+from dicom_archive.errors import ArchiveError
+from dicom_archive.logs import get_logger
+
+log = get_logger("dicom_archive.daemon.scheduler")
+
+_MAX_DEFER = 600.0
+_NICE = 10
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    verified: bool
+    clean: bool
+    instances: int
+    findings: int
+    seconds: float
+
+
+def parse_iso(text: str | None) -> float | None:
+    """Seconds since the epoch from the index's ``YYYY-MM-DDTHH:MM:SSZ``."""
+    if not text:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def last_check_time(index: Index, verified: bool) -> float | None:
+    query = "SELECT MAX(finished_at) FROM checks" + (" WHERE verified = 1" if verified else "")
+    row = index.connection.execute(query).fetchone()
+    return parse_iso(row[0] if row else None)
+
+
+class Scheduler(threading.Thread):
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(name="dicom-archive-scheduler")
+        self.runtime = runtime
+        self.archive_root = runtime.config.archive
+        self._snapshot_of: tuple[object, ...] | None = None
+        self.last_result: CheckResult | None = None
+
+    def run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
+        except (OSError, AttributeError):
+            pass
+        rt = self.runtime
+        with open_archive(self.archive_root) as archive:
+            self._snapshot_of = _version(archive.index)
+            next_snapshot = time.monotonic() + rt.config.snapshot_interval
+            deferred_since: float | None = None
+            while not rt.stop.wait(1.0):
+                config = rt.config
+                try:
+                    if config.snapshot_interval > 0 and time.monotonic() >= next_snapshot:
+                        self.refresh_snapshot(archive)
+                        next_snapshot = time.monotonic() + config.snapshot_interval
+                    job = self._due_job(archive)
+                    if job is None:
+                        deferred_since = None
+                        continue
+                    if not rt.queue.idle():
+                        deferred_since = deferred_since or time.monotonic()
+                        if time.monotonic() - deferred_since < _MAX_DEFER:
+                            continue
+                    deferred_since = None
+                    self.run_check(archive, verify=job)
+                except _Stopped:
+                    break
+                except ArchiveError as exc:
+                    log.warning("upkeep failed", error=str(exc))
+                except Exception:
+                    log.exception("upkeep failed")
+            try:
+                # Leave the snapshot in step with the index for tools that read it.
+                self.refresh_snapshot(archive)
+            except Exception:
+                log.exception("final snapshot failed")
+
+    def _due_job(self, archive: Archive) -> bool | None:
+        """True: a verification is due; False: a check; None: nothing."""
+        config = self.runtime.config
+        now = time.time()
+        created = parse_iso(archive.index.meta("created_at")) or now
+        if config.verify_interval > 0:
+            last = last_check_time(archive.index, verified=True) or created
+            if now >= last + config.verify_interval:
+                return True
+        if config.check_interval > 0:
+            last = last_check_time(archive.index, verified=False) or created
+            if now >= last + config.check_interval:
+                return False
+        return None
+
+    def run_check(self, archive: Archive, *, verify: bool) -> CheckResult:
+        stop = self.runtime.stop
+
+        def on_progress(_done: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+
+        started_at = now_iso()
+        log.info("integrity check started", verify_files=verify)
+        report = check_archive(archive, verify_files=verify, on_progress=on_progress)
+        record_check(archive.index, report, started_at)
+        result = CheckResult(
+            verify, report.clean, report.instances_checked, len(report.findings), report.seconds
+        )
+        self.last_result = result
+        if report.clean:
+            log.info(
+                "integrity check clean",
+                verify_files=verify,
+                instances=report.instances_checked,
+                ms=round(report.seconds * 1000, 1),
+            )
+        else:
+            counts = {k: v for k, v in report.counts().items() if v}
+            log.warning(
+                "integrity check found problems",
+                verify_files=verify,
+                instances=report.instances_checked,
+                findings=len(report.findings),
+                **counts,
+            )
+            for finding in report.findings[:20]:
+                log.warning(
+                    "integrity finding",
+                    kind=finding.kind.value,
+                    path=finding.path,
+                    detail=finding.detail,
+                )
+        return result
+
+    def refresh_snapshot(self, archive: Archive) -> bool:
+        """Rewrite ``archive_index.json`` if the index changed since the last one."""
+        modified = _version(archive.index)
+        if modified == self._snapshot_of:
+            return False
+        started = time.perf_counter()
+        write_snapshot(archive.paths, archive.index)
+        self._snapshot_of = modified
+        log.info("snapshot written", ms=round((time.perf_counter() - started) * 1000, 1))
+        return True
+
+
+def _version(index: Index) -> tuple[object, ...]:
+    """What changes whenever the index's content does (modified_at alone has 1 s steps)."""
+    row = index.connection.execute("SELECT MAX(id) FROM instances").fetchone()
+    return (index.meta("modified_at"), index.instance_count(), row[0])
