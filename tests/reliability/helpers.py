@@ -29,18 +29,18 @@ def cli(
     *argv: str | Path,
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
-    user: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Run:
-    """Run ``dicom-archive ARGV`` in a new process, as a user would."""
+    """Run ``dicom-archive ARGV`` in a new process, as a user would (``wrapper`` is
+    a command prefix such as ``setpriv ...``)."""
     full_env = {**os.environ, **(env or {})}
     result = subprocess.run(
-        [*CLI, *map(str, argv)],
+        [*wrapper, *CLI, *map(str, argv)],
         env=full_env,
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        user=user,
         check=False,
     )
     return Run(result.returncode, result.stdout, result.stderr)
