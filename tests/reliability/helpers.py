@@ -46,25 +46,34 @@ def cli(
     return Run(result.returncode, result.stdout, result.stderr)
 
 
+#: Runs the CLI and reports this process's own peak RSS. Not ``wait4``'s
+#: ``ru_maxrss``: Linux carries the forking parent's resident size into the child's
+#: figure, so a test holding big buffers would be charged to the CLI.
+_MEASURED = """
+import sys
+from dicom_archive.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\nPEAK_RSS_KB {peak}\\n")
+sys.exit(code)
+"""
+
+
 def cli_measured(*argv: str | Path, timeout: float = 600) -> Run:
-    """Like ``cli`` and also the child's own peak RSS (``wait4``: this child only)."""
-    process = subprocess.Popen(
-        [*CLI, *map(str, argv)],
+    """Like ``cli``, and the CLI process's peak resident memory (VmHWM)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURED, *map(str, argv)],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=timeout,
+        check=False,
     )
-    # Output is small; the pipes cannot fill before the child exits.
-    _, status, usage = os.wait4(process.pid, 0)
-    stdout = process.stdout.read() if process.stdout else ""
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.stdout:
-        process.stdout.close()
-    if process.stderr:
-        process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Run(process.returncode, stdout, stderr, usage.ru_maxrss)
+    stderr, _, peak = result.stderr.rpartition("\nPEAK_RSS_KB ")
+    return Run(result.returncode, result.stdout, stderr, int(peak.strip() or 0))
 
 
 def sha256_of(path: Path) -> str:
