@@ -38,7 +38,9 @@ class Notifier:
                 self._socket = socket.socket(
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )
-            self._socket.sendto(message, self.address)
+            # Never block: a receiver that stops reading must not stall the main thread
+            # (and with it signal handling); a dropped STATUS is harmless.
+            self._socket.sendto(message, socket.MSG_DONTWAIT, self.address)
         except OSError:
             return False
         return True

@@ -403,12 +403,31 @@ def _finish_run(index: Index, run_id: int, runtime: Runtime, state: str) -> None
         log.warning("cannot record the stop", error=str(exc))
 
 
+def _log_python_warnings() -> None:
+    """pydicom warns about odd values through ``warnings``: make those log events, not
+    bare lines on stderr that break the JSON stream."""
+    import warnings
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        log.debug("python warning", category=category.__name__, message=str(message))
+
+    warnings.showwarning = show
+
+
 def run_daemon(
     config_path: Path | None, overrides: Mapping[str, Any], *, init_archive: bool = False
 ) -> int:
     """Load the config, set up logging and run until stopped (the CLI's entry point)."""
     config = load_config(config_path, overrides)
     configure_logging(config.log_level, config.log_format)
+    _log_python_warnings()
     if init_archive and not is_archive(config.archive):
         from dicom_archive.archive.store import init_archive as create
 

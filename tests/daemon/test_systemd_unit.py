@@ -1,0 +1,65 @@
+"""The unit file passes systemd's own checks (skipped where systemd-analyze is absent)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parents[2] / "systemd" / "dicom-archive.service"
+#: systemd-analyze security's 0-100 scale (exposure x 10): 2.0 is well inside "OK".
+THRESHOLD = 20
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed (apt-get install systemd)",
+)
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this venv's binary, which verify requires."""
+    binary = Path(sys.executable).parent / "dicom-archive"
+    text = UNIT.read_text().replace("/opt/dicom-archive/bin/dicom-archive", str(binary))
+    copy = tmp_path / "dicom-archive.service"
+    copy.write_text(text)
+    return copy
+
+
+def test_unit_verifies(unit: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "dicom-archive.service" not in result.stderr, result.stderr
+
+
+def test_unit_security_exposure_is_under_the_threshold(unit: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--threshold={THRESHOLD}", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+def test_unit_has_the_essentials() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "Restart=on-failure",
+        "WatchdogSec=",
+        "StateDirectory=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_UNIX",
+        "ExecReload=",
+    ):
+        assert line in text, line
