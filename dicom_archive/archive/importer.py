@@ -18,18 +18,25 @@ import of the same bytes; different bytes under that name are a conflict.
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import itertools
+import multiprocessing
 import os
 import sqlite3
 import stat
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.faults import crash_point
@@ -49,7 +56,11 @@ from dicom_archive.errors import IndexBusy, RejectedFile
 #: buffer); larger ones are parsed from disk and streamed through the hash.
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 _CHUNK = 1024 * 1024
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 256
+#: Batches at least this large are read by the worker pool (when there is one).
+POOL_MIN_BATCH = 32
+#: ... and their files (sampled) at least this large on average.
+POOL_MIN_FILE_SIZE = 64 * 1024
 
 _TRANSIENT_ERRNOS = {
     errno.ENOSPC: "disk full",
@@ -88,34 +99,144 @@ def transient_reason(exc: OSError) -> str | None:
 class Importer:
     """Imports files into one archive, a batch at a time."""
 
-    def __init__(self, archive: Archive, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ) -> None:
+        """``workers``: processes that read, parse, hash and copy a batch's files in
+        parallel (None: one per CPU, up to 4; 0 or 1: all in this process). Batches
+        smaller than ``POOL_MIN_BATCH`` are always read here.
+        """
         self.archive = archive
         self.batch_size = max(1, batch_size)
+        self.workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._folders: set[str] = set()  # series folders known to exist
 
     def import_files(self, sources: Iterable[Path]) -> Iterator[ImportOutcome]:
+        """Outcomes in source order, a batch at a time.
+
+        With a worker pool, the next batch is read (parsed, hashed, copied to
+        temporary names) while the current one is synced and committed.
+        """
+        previous: tuple[list[Path], _Reading] | None = None
         batch: list[Path] = []
         for source in sources:
             batch.append(source)
             if len(batch) >= self.batch_size:
-                yield from self.import_batch(batch)
-                batch = []
+                reading = self._start_reading(batch)
+                if previous is not None:
+                    yield from self._finish(*previous)
+                previous, batch = (batch, reading), []
         if batch:
-            yield from self.import_batch(batch)
+            reading = self._start_reading(batch)
+            if previous is not None:
+                yield from self._finish(*previous)
+            previous = (batch, reading)
+        if previous is not None:
+            yield from self._finish(*previous)
 
     def import_batch(self, sources: Sequence[Path]) -> list[ImportOutcome]:
         """Import ``sources`` with one group commit; one outcome per source, in order."""
+        batch = list(sources)
+        return self._finish(batch, self._start_reading(batch))
+
+    def close(self) -> None:
+        """Stop the worker pool, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Importer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- 1. read, validate, hash, copy to a temporary name -------------------
+
+    def _start_reading(self, batch: list[Path]) -> _Reading:
+        pool = self._pool_for(batch)
+        if pool is None:
+            return _Reading(None)
+        reader = functools.partial(
+            _read_source, tmp_dir=self.archive.paths.tmp, owner_pid=os.getpid(), write=True
+        )
+        chunk = max(1, len(batch) // (4 * self.workers))
+        return _Reading(pool.map(reader, batch, chunksize=chunk))
+
+    def _pool_for(self, batch: list[Path]) -> concurrent.futures.ProcessPoolExecutor | None:
+        if self.workers < 2 or len(batch) < POOL_MIN_BATCH or not _large_files(batch):
+            return None
+        if self._pool is None:
+            # fork is cheap but unsafe once other threads hold locks (the daemon
+            # runs watchdog's); forkserver children start from a clean process.
+            method = "fork" if threading.active_count() == 1 else "forkserver"
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context(method)
+            )
+            self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
+
+    def _read_all(self, batch: list[Path], reading: _Reading) -> Iterator[_ReadResult]:
+        if reading.results is None:
+            # One file at a time: its bytes are written out (or dropped) before the
+            # next is read, so memory holds one file, not a batch.
+            return (self._read_here(source) for source in batch)
+        done: list[_ReadResult] = []
+        try:
+            done.extend(reading.results)
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker died (killed, out of memory): drop the pool, read here.
+            for result, _ in done:
+                if isinstance(result, _Read) and result.tmp is not None:
+                    _unlink_quietly(result.tmp)
+            self._pool = None
+            self.workers = 1
+            return (self._read_here(source) for source in batch)
+        return iter(done)
+
+    def _read_here(self, source: Path) -> _ReadResult:
+        return _read_source(source, self.archive.paths.tmp, os.getpid(), write=False)
+
+    def _finish(self, batch: list[Path], reading: _Reading) -> list[ImportOutcome]:
         outcomes: dict[int, ImportOutcome] = {}
         staged: dict[int, _Staged] = {}
         pending_by_sop: dict[str, _Staged] = {}
         signatures: dict[Path, SourceSignature] = {}
+        reads = self._read_all(batch, reading)
+        copies: list[Path] = []  # temporaries made while reading, for cleanup on error
         try:
-            for position, source in enumerate(sources):
-                result = self._stage(source, pending_by_sop, signatures)
-                if isinstance(result, ImportOutcome):
-                    outcomes[position] = result
-                else:
-                    staged[position] = result
-                    pending_by_sop[result.header.sop_instance_uid] = result
+            try:
+                for position, (source, (read, signature)) in enumerate(
+                    zip(batch, reads, strict=True)
+                ):
+                    if signature is not None:
+                        signatures[source] = signature
+                    if isinstance(read, _Read) and read.tmp is not None:
+                        copies.append(read.tmp)
+                    result = (
+                        read
+                        if isinstance(read, ImportOutcome)
+                        else self._classify(source, read, signature, pending_by_sop)
+                    )
+                    if isinstance(result, ImportOutcome):
+                        outcomes[position] = result
+                    else:
+                        staged[position] = result
+                        pending_by_sop[result.header.sop_instance_uid] = result
+            except BaseException:
+                # Copies made for files not yet staged must not linger.
+                for read, _ in reads:
+                    if isinstance(read, _Read) and read.tmp is not None:
+                        copies.append(read.tmp)
+                for tmp in copies:
+                    _unlink_quietly(tmp)
+                raise
             if staged:
                 self._place_and_commit(staged, outcomes)
         finally:
@@ -124,45 +245,17 @@ class Importer:
                     _unlink_quietly(item.tmp)
         return [
             dataclasses.replace(outcomes[i], source_signature=signatures.get(source))
-            for i, source in enumerate(sources)
+            for i, source in enumerate(batch)
         ]
 
-    # -- 1. read, validate, hash, copy to a temporary name -------------------
-
-    def _stage(
+    def _classify(
         self,
         source: Path,
+        read: _Read,
+        signature: SourceSignature | None,
         pending: dict[str, _Staged],
-        signatures: dict[Path, SourceSignature],
     ) -> ImportOutcome | _Staged:
-        started = time.perf_counter()
-        name = str(source)
-        try:
-            info = os.stat(source)
-            if not _is_regular(info.st_mode):
-                raise RejectedFile(name, "not a regular file")
-            signature = SourceSignature(info.st_size, info.st_mtime_ns, info.st_ino)
-            signatures[source] = signature
-            tmp: Path | None = None
-            if info.st_size <= WHOLE_READ_LIMIT:
-                with open(source, "rb") as handle:
-                    data = handle.read()
-                header = read_header(io.BytesIO(data), len(data), name)
-                sha256 = hashlib.sha256(data).hexdigest()
-                size = len(data)
-            else:
-                data = None
-                with open(source, "rb") as handle:
-                    header = read_header(handle, info.st_size, name)
-                # Streamed: the copy and the hash come from one read of the source.
-                tmp, sha256, size = self._stream_to_temporary(source)
-        except RejectedFile as exc:
-            return _outcome(source, Outcome.REJECTED, started, reason=exc.reason)
-        except FileNotFoundError:
-            return _outcome(source, Outcome.FAILED, started, reason="file vanished before import")
-        except OSError as exc:
-            return _os_failure(source, exc, started)
-
+        header, sha256, size, started = read.header, read.sha256, read.size, read.started
         relative = relative_instance_path(header)
         stored = self.archive.index.find_instance(header.sop_instance_uid)
         earlier = pending.get(header.sop_instance_uid)
@@ -174,8 +267,8 @@ class Importer:
             else (None, "")
         )
         if known_sha is not None:
-            if tmp is not None:
-                _unlink_quietly(tmp)
+            if read.tmp is not None:
+                _unlink_quietly(read.tmp)
             if known_sha == sha256:
                 return _outcome(
                     source,
@@ -196,44 +289,22 @@ class Importer:
                 reason=f"SOP Instance UID {header.sop_instance_uid} already archived "
                 f"with different bytes at {known_path}",
             )
-
-        item = _Staged(source, header, relative, sha256, size, signature, started, tmp)
-        if data is not None:
+        if read.write_error is not None:
+            return _os_failure(source, read.write_error, started)
+        assert signature is not None
+        item = _Staged(source, header, relative, sha256, size, signature, started, read.tmp)
+        if read.data is not None:
             try:
-                item.tmp = self._write_temporary(data)
+                item.tmp = self._write_temporary(read.data)
             except OSError as exc:
                 return _os_failure(source, exc, started)
         return item
 
     def _new_temporary(self) -> Path:
-        tmp_dir = self.archive.paths.tmp
-        tmp_dir.mkdir(exist_ok=True)
-        return tmp_dir / f"{os.getpid()}-{next(_counter)}{TMP_SUFFIX}"
+        return _new_temporary(self.archive.paths.tmp, os.getpid())
 
     def _write_temporary(self, data: bytes) -> Path:
-        tmp = self._new_temporary()
-        try:
-            with open(tmp, "xb") as out:
-                out.write(data)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        return tmp
-
-    def _stream_to_temporary(self, source: Path) -> tuple[Path, str, int]:
-        tmp = self._new_temporary()
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(source, "rb") as handle, open(tmp, "xb") as out:
-                while chunk := handle.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        return tmp, digest.hexdigest(), size
+        return _write_temporary(data, self.archive.paths.tmp, os.getpid())
 
     # -- 2-4. make durable, link to final names ------------------------------
 
@@ -277,8 +348,12 @@ class Importer:
             assert item.tmp is not None
             final = root / item.relative_path
             try:
-                make_dirs_durable(root, Path(item.relative_path).parent)
-                if link_no_replace(item.tmp, final):
+                if not self._link_into_known_folder(item.tmp, final, item.relative_path):
+                    make_dirs_durable(root, Path(item.relative_path).parent)
+                    linked = link_no_replace(item.tmp, final)
+                else:
+                    linked = True
+                if linked:
                     item.created_final = True
                 else:
                     existing_sha, _ = _hash_file(final)
@@ -301,6 +376,22 @@ class Importer:
                 if item.tmp is not None and (item.created_final or position not in staged):
                     _unlink_quietly(item.tmp)
                     item.tmp = None
+
+    def _link_into_known_folder(self, tmp: Path, final: Path, relative: str) -> bool:
+        """Link when the series folder was seen before (no mkdir calls); False when
+        the folder is new to this importer, vanished, or the name is taken, so the
+        caller takes the general path (create folders, then link or compare).
+        """
+        folder = relative.rpartition("/")[0]
+        if folder not in self._folders:
+            self._folders.add(folder)
+            return False
+        try:
+            os.link(tmp, final)
+        except OSError:
+            self._folders.discard(folder)
+            return False
+        return True
 
     # -- 5. the rows, in the transaction that holds the links ----------------
 
@@ -361,6 +452,123 @@ class Importer:
         for position, item in staged.items():
             outcomes[position] = _outcome(item.source, Outcome.FAILED, item.started, reason=reason)
         staged.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A source read once: header, hash and size; its bytes or its temporary copy."""
+
+    header: InstanceHeader
+    sha256: str
+    size: int
+    started: float
+    data: bytes | None = None
+    tmp: Path | None = None
+    write_error: OSError | None = None
+
+
+_ReadResult = tuple[_Read | ImportOutcome, SourceSignature | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A batch being read by the pool (an iterator of results), or None: read in place."""
+
+    results: Iterator[_ReadResult] | None
+
+
+def _read_source(source: Path, tmp_dir: Path, owner_pid: int, write: bool) -> _ReadResult:
+    """Read, validate and hash one source; with ``write`` also copy it to a temporary.
+
+    Runs in the importing process or in a pool worker (which never touches the
+    index): the duplicate check and everything after it stay with the importer.
+    """
+    started = time.perf_counter()
+    name = str(source)
+    signature: SourceSignature | None = None
+    tmp: Path | None = None
+    data: bytes | None = None
+    try:
+        info = os.stat(source)
+        if not _is_regular(info.st_mode):
+            raise RejectedFile(name, "not a regular file")
+        signature = SourceSignature(info.st_size, info.st_mtime_ns, info.st_ino)
+        if info.st_size <= WHOLE_READ_LIMIT:
+            with open(source, "rb") as handle:
+                data = handle.read()
+            header = read_header(io.BytesIO(data), len(data), name)
+            sha256 = hashlib.sha256(data).hexdigest()
+            size = len(data)
+        else:
+            with open(source, "rb") as handle:
+                header = read_header(handle, info.st_size, name)
+            # Streamed: the copy and the hash come from one read of the source.
+            tmp, sha256, size = _stream_to_temporary(source, tmp_dir, owner_pid)
+    except RejectedFile as exc:
+        return _outcome(source, Outcome.REJECTED, started, reason=exc.reason), signature
+    except FileNotFoundError:
+        reason = "file vanished before import"
+        return _outcome(source, Outcome.FAILED, started, reason=reason), signature
+    except OSError as exc:
+        return _os_failure(source, exc, started), signature
+    if not write or data is None:
+        return _Read(header, sha256, size, started, data=data, tmp=tmp), signature
+    try:
+        tmp = _write_temporary(data, tmp_dir, owner_pid)
+    except OSError as exc:
+        # Reported only if the file is new: a duplicate never needed the copy.
+        return _Read(header, sha256, size, started, write_error=exc), signature
+    return _Read(header, sha256, size, started, tmp=tmp), signature
+
+
+def _large_files(batch: list[Path]) -> bool:
+    """Whether the batch's files look large enough (sampled) to repay the pool.
+
+    Hashing and copying large files parallelise well; for small files the
+    transfer between processes costs more than the parsing it spreads.
+    """
+    sizes = []
+    for source in batch[:4]:
+        try:
+            sizes.append(os.stat(source).st_size)
+        except OSError:
+            continue
+    return bool(sizes) and sum(sizes) / len(sizes) >= POOL_MIN_FILE_SIZE
+
+
+def _new_temporary(tmp_dir: Path, owner_pid: int) -> Path:
+    """``tmp/<importer pid>-<n>.part``; a pool worker adds its own pid after the dash."""
+    tmp_dir.mkdir(exist_ok=True)
+    me = os.getpid()
+    tag = f"{owner_pid}-" if me == owner_pid else f"{owner_pid}-{me}."
+    return tmp_dir / f"{tag}{next(_counter)}{TMP_SUFFIX}"
+
+
+def _write_temporary(data: bytes, tmp_dir: Path, owner_pid: int) -> Path:
+    tmp = _new_temporary(tmp_dir, owner_pid)
+    try:
+        with open(tmp, "xb") as out:
+            out.write(data)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _stream_to_temporary(source: Path, tmp_dir: Path, owner_pid: int) -> tuple[Path, str, int]:
+    tmp = _new_temporary(tmp_dir, owner_pid)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(source, "rb") as handle, open(tmp, "xb") as out:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp, digest.hexdigest(), size
 
 
 def import_paths(
