@@ -331,3 +331,19 @@ def test_daemon_runs_from_flags_without_a_config_file(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
+
+
+def test_polling_observer_and_move_to_processed(daemon: DaemonProcess) -> None:
+    """The network-mount mode (polling) archives files; after_import = "move" keeps
+    the sources in the processed folder under their relative path."""
+    processed = daemon.root / "processed"
+    daemon.write_config(
+        polling=True, poll_interval="0.3s", after_import="move", processed=str(processed)
+    )
+    daemon.start()
+    write_instance(daemon.incoming / "study" / "a.dcm")
+    write_instance(daemon.incoming / "b.dcm")
+    daemon.wait_archived(2)
+    assert (processed / "study" / "a.dcm").is_file() and (processed / "b.dcm").is_file()
+    assert any(e.get("observer") == "polling" for e in daemon.log_events())
+    assert daemon.stop() == 0
