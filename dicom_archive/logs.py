@@ -44,9 +44,7 @@ class _JournalPrefixRenderer:
         return f"<{_PRIORITY.get(level, 6)}>" + str(self._json(logger, method, event_dict))
 
 
-def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None
-) -> None:
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """``fmt``: ``auto`` (console on a terminal, JSON otherwise), ``console`` or ``json``."""
     out = stream if stream is not None else sys.stdout
     if fmt == "auto":
