@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dicom_archive.archive.faults import ENV_AFTER, ENV_POINT
+from dicom_archive.archive.importer import DEFAULT_BATCH_SIZE
 from tests.factory import StudySpec, write_studies
 from tests.reliability.helpers import (
     KILLED,
@@ -28,8 +29,10 @@ from tests.reliability.helpers import (
 
 #: The CLI's steps (``source-removed`` belongs to the daemon).
 POINTS = ("temp-written", "temp-synced", "linked", "index-committed")
-#: Three batches of the importer's 64, so a crash can hit the first or a later batch.
-SPEC = StudySpec(patients=5, studies_per_patient=1, series_per_study=2, instances_per_series=15)
+#: Two and a half of the importer's batches, so a crash can hit the first or a later one.
+SPEC = StudySpec(
+    patients=(DEFAULT_BATCH_SIZE * 5 // 2) // 30 + 1, series_per_study=2, instances_per_series=15
+)
 
 
 @pytest.fixture(scope="module")
