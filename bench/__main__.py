@@ -36,7 +36,7 @@ MODES = {
         "reps": 3,
         "query_reps": 200,
         "peer_reps": 1,
-        "daemon_files": 2000,
+        "latency_files": 1500,
     },
     "full": {
         "c64": CorpusSpec(10, 2, 5, 100, 64, 64, seed=64),
@@ -46,7 +46,7 @@ MODES = {
         "reps": 3,
         "query_reps": 500,
         "peer_reps": 1,
-        "daemon_files": 100_000,
+        "latency_files": 6000,
     },
 }
 SECTIONS = ("import", "peers", "scale", "integrity", "daemon")
@@ -195,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         corpora = {label: _corpus(label, spec, work) for label, spec in specs.items()}
         ours: dict[str, float] = {}
-        if wanted & {"import", "peers"}:
+        copies: dict[str, float] = {}
+        if wanted & {"import", "peers", "daemon"}:
             for label, corpus in corpora.items():
-                ours[label] = import_throughput(report, corpus, label, work, reps).files_per_s
+                mine, base = import_throughput(report, corpus, label, work, reps)
+                ours[label], copies[label] = mine.files_per_s, base.files_per_s
         if "peers" in wanted:
             _peers(report, corpora, ours, int(config["peer_reps"]), specs)  # type: ignore[call-overload]
         if "scale" in wanted:
@@ -217,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             query_latency(report, root, spec, built, int(config["query_reps"]))  # type: ignore[call-overload]
             import_flat(report, corpora["64x64"], root, built, work, reps)
             shutil.rmtree(root, ignore_errors=True)
-        if "integrity" in wanted:
+        check_corpus: CorpusInfo | None = None
+        if wanted & {"integrity", "daemon"}:
             check_corpus = _corpus("check", config["check"], work)  # type: ignore[arg-type]
+        if "integrity" in wanted and check_corpus is not None:
             archive = work / "check-archive"
             cli("init", "-p", str(archive))
             settle(work)
@@ -232,13 +236,21 @@ def main(argv: list[str] | None = None) -> int:
                     note=f"(peak RSS {imported.max_rss_kb / 1024:.0f} MB)",
                 )
             )
-            shutil.rmtree(check_corpus.root, ignore_errors=True)
             cli("import", "-a", str(archive), "--recursive", str(corpora["512x512"].root))
             integrity(report, archive, check_corpus.files + corpora["512x512"].files, reps)
             export(report, archive, corpora["512x512"].study_uids[0], work, reps)
             shutil.rmtree(archive, ignore_errors=True)
         if "daemon" in wanted:
-            daemon_section(report, work, int(config["daemon_files"]))  # type: ignore[call-overload]
+            daemon_section(
+                report,
+                work,
+                corpora,
+                specs,
+                ours,
+                copies,
+                int(config["latency_files"]),  # type: ignore[call-overload]
+                check_corpus,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -376,3 +376,9 @@ def tree_bytes(root: Path) -> int:
         for name in names:
             total += os.path.getsize(os.path.join(folder, name))
     return total
+
+
+def iter_files(spec: CorpusSpec, root: Path) -> Iterator[tuple[Path, InstanceHeader]]:
+    """(path under ``root``, header) of every file ``generate(spec, root)`` writes."""
+    for p, s, se, i in _positions(spec):
+        yield root / relative_file(p, s, se, i), _header(spec, p, s, se, i)

@@ -71,7 +71,7 @@ def cli_import(corpus: Path, archive: Path, work: Path, *, keep: bool = False) -
 
 def import_throughput(
     report: Report, corpus: CorpusInfo, label: str, work: Path, reps: int
-) -> Throughput:
+) -> tuple[Throughput, Throughput]:
     """CLI import of the corpus into an empty archive against cp -r + sync of the same files."""
     archive = work / f"archive-{label}"
     copy = work / f"copy-{label}"
@@ -119,7 +119,7 @@ def import_throughput(
                 target="≥ 1,500 files/s",
             )
         )
-    return mine
+    return mine, base
 
 
 def in_process_import(corpus: Path, archive_root: Path) -> float:
