@@ -15,16 +15,17 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
-
-import pydicom
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from typing import IO, TYPE_CHECKING, Any
 
 from dicom_archive.archive.records import InstanceHeader
 from dicom_archive.errors import RejectedFile
+
+if TYPE_CHECKING:
+    # pydicom is imported when a file first needs it (see _parse): most files take
+    # the fast path, and commands that read no file (query, stats) skip its ~130 ms.
+    from pydicom.dataset import Dataset
+
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -103,7 +104,7 @@ def read_header(fp: IO[bytes], file_size: int, name: str) -> InstanceHeader:
         force = True
     dataset = _parse(fp, name, force)
     transfer_syntax = _transfer_syntax(dataset)
-    if transfer_syntax != DeflatedExplicitVRLittleEndian:
+    if transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         # Deflated data is parsed from an inflated copy; zlib already refuses a cut stream.
         stopped_at = fp.tell()
         _check_last_element_complete(dataset, file_size, name)
@@ -123,6 +124,9 @@ def read_header(fp: IO[bytes], file_size: int, name: str) -> InstanceHeader:
 
 
 def _parse(fp: IO[bytes], name: str, force: bool) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     with _pydicom_complaints() as complaints:
         try:
             dataset = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
@@ -154,6 +158,8 @@ def _transfer_syntax(dataset: Dataset) -> str:
 
 def _check_last_element_complete(dataset: Dataset, file_size: int, name: str) -> None:
     """pydicom reads a short final value without complaint; compare with the file size."""
+    from pydicom.dataelem import RawDataElement
+
     tags = list(dataset.keys())
     if not tags:
         return
