@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from dicom_archive.archive.index import Index, now_iso
+from dicom_archive.archive.integrity import stale_temporaries
 from dicom_archive.archive.store import Archive, is_archive, open_archive
 from dicom_archive.daemon.config import DaemonConfig, load_config
 from dicom_archive.daemon.jobqueue import JobQueue
@@ -120,6 +121,7 @@ class Daemon:
     def _run(self, archive: Archive) -> int:
         config = self.config
         self._warn_about_filesystems(config)
+        _remove_stale_temporaries(archive)
         run_id = _start_run(archive.index, config)
         runtime = Runtime(config=config, queue=JobQueue(config.queue_limit), run_id=run_id)
         self.runtime = runtime
@@ -347,6 +349,25 @@ def _make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArchiveError(f"{folder}: cannot create the folder ({exc.strerror})") from exc
+
+
+def _remove_stale_temporaries(archive: Archive) -> None:
+    """Temporary copies of importers that no longer run (this daemon, SIGKILLed), so a
+    crash leaves ``check`` clean once the daemon is back. Never the only copy: a
+    source leaves incoming only after its batch committed, and a committed file
+    lives under its final name. A live importer's copies (its pid in the name) stay.
+    """
+    removed = 0
+    for path in stale_temporaries(archive):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove a stale temporary copy", path=str(path), error=str(exc))
+    if removed:
+        log.info("removed temporary copies left by stopped imports", files=removed)
 
 
 def _watchdog_logger() -> Any:

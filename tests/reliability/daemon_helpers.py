@@ -28,8 +28,8 @@ from tests.factory import make_instance, write_dataset
 from tests.integration.daemon_harness import DaemonProcess, wait_until
 from tests.reliability.helpers import cli, index_rows, sha256_of
 
-_SOP_MARK = b"777777.0000000000"
-_SERIES_MARK = b"888888.0000000000"
+_SOP_MARK = b"777777.1000000000"
+_SERIES_MARK = b"888888.1000000000"
 _ROOT = "1.2.826.0.1.3680043.10.1071"
 #: Files per series folder in a corpus.
 SERIES_SIZE = 250
@@ -58,12 +58,12 @@ def make_corpus(folder: Path, count: int, prefix: str = "f", start: int = 0) -> 
     """
     folder.mkdir(parents=True, exist_ok=True)
     template = _template()
-    salt = random.randrange(10**4)
+    assert start + count < 10**6
+    base = 10**9 + random.randrange(1000) * 10**6  # ten digits, no leading zero
     hashes: dict[str, str] = {}
     for n in range(start, start + count):
-        number = salt * 10**6 + n
-        data = template.replace(_SOP_MARK, b"777777.%010d" % number).replace(
-            _SERIES_MARK, b"888888.%010d" % (salt * 10**6 + n // SERIES_SIZE)
+        data = template.replace(_SOP_MARK, b"777777.%d" % (base + n)).replace(
+            _SERIES_MARK, b"888888.%d" % (base + n // SERIES_SIZE)
         )
         name = f"{prefix}{n:06d}.dcm"
         (folder / name).write_bytes(data)
@@ -92,7 +92,7 @@ class Feeder(threading.Thread):
         self.folders = folders
         self.dropped: dict[Path, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -104,11 +104,11 @@ class Feeder(threading.Thread):
     def _feed(self) -> None:
         started = time.monotonic()
         for n, name in enumerate(self.hashes):
-            if self._stop.is_set():
+            if self._halt.is_set():
                 return
             ahead = started + n / self.rate - time.monotonic()
             if ahead > 0:
-                self._stop.wait(ahead)
+                self._halt.wait(ahead)
             target = self.incoming / f"sender{n % self.folders}" / name
             for _ in range(50):
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ class Feeder(threading.Thread):
             raise self.error
 
     def abort(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
 
@@ -293,17 +293,17 @@ class FileSizeSampler(threading.Thread):
         self.path = path
         self.interval = interval
         self.peak = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
                 self.peak = max(self.peak, self.path.stat().st_size)
             except FileNotFoundError:
                 pass
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
         return self.peak
 
