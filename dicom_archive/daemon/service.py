@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dicom_archive.archive.index import Index, now_iso
+from dicom_archive.archive.index import BUSY_TIMEOUT_MS, Index, now_iso
 from dicom_archive.archive.integrity import stale_temporaries
 from dicom_archive.archive.store import Archive, is_archive, open_archive
 from dicom_archive.daemon.config import DaemonConfig, load_config
@@ -50,6 +51,9 @@ _TICK = 0.5
 #: How long a stop waits for the batch in progress; after that it is abandoned,
 #: which is safe: sources are touched only after their batch is committed.
 STOP_GRACE = 20.0
+#: The heartbeat gives up on a locked index after this long: the main thread must
+#: keep sending WATCHDOG=1 while another process holds the write lock.
+HEARTBEAT_BUSY_MS = 200
 
 
 class Daemon:
@@ -184,10 +188,7 @@ class Daemon:
                 self.notifier.send("STATUS=" + status)
                 last_status = status
             if time.monotonic() >= next_beat:
-                try:
-                    _set_state(archive.index, runtime.run_id, "running", runtime.queue.depth())
-                except IndexBusy as exc:
-                    log.warning("cannot write the heartbeat", error=str(exc))
+                _heartbeat(archive.index, runtime.run_id, runtime.queue.depth())
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL
         return 0
 
@@ -400,6 +401,20 @@ def _set_state(index: Index, run_id: int, state: str, depth: int) -> None:
         )
 
 
+def _heartbeat(index: Index, run_id: int, depth: int) -> None:
+    """The run's heartbeat, never blocking the main thread for long: a locked index
+    (another writer) or a full disk costs one skipped beat and a warning, not the
+    WATCHDOG=1 pings nor the daemon."""
+    connection = index.connection
+    connection.execute(f"PRAGMA busy_timeout = {HEARTBEAT_BUSY_MS}")
+    try:
+        _set_state(index, run_id, "running", depth)
+    except (IndexBusy, sqlite3.Error) as exc:
+        log.warning("cannot write the heartbeat", error=str(exc))
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 def _finish_run(index: Index, run_id: int, runtime: Runtime, state: str) -> None:
     counts = runtime.counters.snapshot()
     try:
@@ -420,7 +435,7 @@ def _finish_run(index: Index, run_id: int, runtime: Runtime, state: str) -> None
                     run_id,
                 ),
             )
-    except IndexBusy as exc:
+    except (IndexBusy, sqlite3.Error) as exc:
         log.warning("cannot record the stop", error=str(exc))
 
 

@@ -14,6 +14,7 @@ sources, and a source is removed only if it still is the file that was read.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -348,7 +349,9 @@ class Worker(threading.Thread):
                         "(SELECT MAX(id) FROM daemon_errors) - ?",
                         (ERRORS_KEPT,),
                     )
-        except IndexBusy as exc:
+        except (IndexBusy, sqlite3.Error) as exc:
+            # A locked index or a full disk: the counts catch up with the next batch;
+            # letting this escape would kill the worker thread.
             log.warning("cannot record counts", error=str(exc))
 
 
