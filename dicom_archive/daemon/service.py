@@ -234,10 +234,11 @@ class Daemon:
         if not is_ignored(os.path.relpath(path, config.incoming), config.ignore):
             self.scanner.request_subtree(path)
 
-    def _on_overflow(self) -> None:
-        if self.scanner is not None:
-            log.warning("events were lost (inotify queue overflow); rescanning incoming")
-            self.scanner.request_full()
+    def _on_overflow(self) -> bool:
+        if self.scanner is None or not self.scanner.request_after_overflow():
+            return False
+        log.warning("events were lost (inotify queue overflow); rescanning incoming")
+        return True
 
     def _start_watcher(self, config: DaemonConfig) -> Watcher:
         handler = IncomingHandler(self._offer_from_event, self._scan_below)

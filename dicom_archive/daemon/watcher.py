@@ -41,6 +41,11 @@ FAULT_ENV = "DICOM_ARCHIVE_DAEMON_FAULT"
 _HINT_EVENTS = (EVENT_TYPE_CREATED, EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED, EVENT_TYPE_ATTRIB)
 #: Pending subtree scans beyond this many become one full scan.
 _SUBTREE_LIMIT = 1000
+#: After lost events, full scans start at most this often (seconds after the previous
+#: one ended). A queue too small for the load overflows again and again; walking a
+#: big incoming back to back for each overflow starved the worker (3,000 files took
+#: 36 s instead of 5 with a 32-event queue) and flooded the log.
+OVERFLOW_RESCAN_GAP = 2.0
 NETWORK_FILESYSTEMS = {
     "nfs",
     "nfs4",
@@ -90,15 +95,18 @@ class OverflowListener(logging.Handler):
     """watchdog reports a lost-events overflow only in its log: listen there, ask for a
     full scan, and pass watchdog's warnings on to our log."""
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, on_overflow: Callable[[], bool]) -> None:
+        """``on_overflow`` returns False when a rescan was already pending: then
+        watchdog's repeated overflow warnings go to the debug log only."""
         super().__init__(level=logging.WARNING)
         self._on_overflow = on_overflow
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-            if "overflow" in message.lower():
-                self._on_overflow()
+            if "overflow" in message.lower() and not self._on_overflow():
+                log.debug("watchdog", message=message, logger=record.name)
+                return
             log.warning("watchdog", message=message, logger=record.name)
         except Exception:
             self.handleError(record)
@@ -156,6 +164,7 @@ class Scanner(threading.Thread):
         self._offer = offer
         self._lock = threading.Lock()
         self._full_requested = True  # the start-up scan
+        self._overflow_pending = False
         self._subtrees: dict[str, float] = {}
         self._resume_when_room = False
         self._next_rescan = time.monotonic() + runtime.config.rescan_interval
@@ -168,6 +177,17 @@ class Scanner(threading.Thread):
         with self._lock:
             self._full_requested = True
         self.runtime.scan_wakeup.set()
+
+    def request_after_overflow(self) -> bool:
+        """Events were lost: a full scan, no sooner than ``OVERFLOW_RESCAN_GAP`` after
+        the previous one (a later scan still sees every file). False when one is
+        already pending."""
+        with self._lock:
+            if self._overflow_pending:
+                return False
+            self._overflow_pending = True
+        self.runtime.scan_wakeup.set()
+        return True
 
     def request_subtree(self, path: str) -> None:
         """A folder appeared: scan it now, and once more after the settle time, since
@@ -208,6 +228,11 @@ class Scanner(threading.Thread):
                 full = True
             if self._resume_when_room and rt.queue.depth() <= rt.queue.limit // 2:
                 full = True
+            if self._overflow_pending and (
+                self.last_full_scan is None or now - self.last_full_scan >= OVERFLOW_RESCAN_GAP
+            ):
+                full = True
+                self._overflow_pending = False
             self._full_requested = False
             due = [p for p, t in self._subtrees.items() if t <= now]
             for path in due:
