@@ -44,6 +44,7 @@ from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.fsutil import link_no_replace, make_dirs_durable, syncfs
 from dicom_archive.archive.index import NewInstance
+from dicom_archive.archive.integrity import stale_temporaries
 from dicom_archive.archive.layout import TMP_SUFFIX, relative_instance_path
 from dicom_archive.archive.records import (
     ImportOutcome,
@@ -120,6 +121,11 @@ class Importer:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._folders: set[str] = set()  # series folders known to exist
+        # A killed import leaves its temporary copies; they are never the only copy
+        # of anything (the source stays until its row commits), so clear them here
+        # rather than leave `check` to report them.
+        for stale in stale_temporaries(archive):
+            _unlink_quietly(stale)
 
     def import_files(self, sources: Iterable[Path]) -> Iterator[ImportOutcome]:
         """Outcomes in source order, a batch at a time.

@@ -17,11 +17,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.index import Index, now_iso
 from dicom_archive.archive.layout import TMP_SUFFIX
-from dicom_archive.archive.records import CheckReport, Finding, FindingKind
+from dicom_archive.archive.records import CheckReport, Finding, FindingKind, InstanceHeader
 from dicom_archive.archive.store import Archive
 from dicom_archive.errors import IndexError_, RejectedFile
 
@@ -180,26 +181,50 @@ def _check_one(
     if not verify_files:
         return
     try:
-        with open(root / relative, "rb") as handle:
-            data = handle.read()
+        actual_sha, header = _hash_and_read_header(root / relative, size, relative)
     except OSError as exc:
         report.findings.append(Finding(FindingKind.UNREADABLE, relative, exc.strerror or ""))
         return
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if actual_sha != sha256:
         report.findings.append(
             Finding(FindingKind.CONTENT_CHANGED, relative, "SHA-256 differs from import")
         )
         return
-    try:
-        header = read_header(io.BytesIO(data), len(data), relative)
-    except RejectedFile as exc:
-        report.findings.append(Finding(FindingKind.UNREADABLE, relative, exc.reason))
+    if isinstance(header, RejectedFile):
+        report.findings.append(Finding(FindingKind.UNREADABLE, relative, header.reason))
         return
     found = (header.sop_instance_uid, header.series_instance_uid, header.study_instance_uid)
     if found != (sop, series_uid, study_uid):
         report.findings.append(
             Finding(FindingKind.WRONG_IDENTITY, relative, "header UIDs differ from the index")
         )
+
+
+_WHOLE_READ_LIMIT = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+def _hash_and_read_header(
+    path: Path, size: int, name: str
+) -> tuple[str, InstanceHeader | RejectedFile]:
+    """SHA-256 and parsed header from one read of a small file; large files are
+    hashed in chunks and their header parsed from the open file, in flat memory."""
+    with open(path, "rb") as handle:
+        if size <= _WHOLE_READ_LIMIT:
+            data = handle.read()
+            digest = hashlib.sha256(data).hexdigest()
+            source: IO[bytes] = io.BytesIO(data)
+        else:
+            hasher = hashlib.sha256()
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+            digest = hasher.hexdigest()
+            handle.seek(0)
+            source = handle
+        try:
+            return digest, read_header(source, size, name)
+        except RejectedFile as exc:
+            return digest, exc
 
 
 def record_check(index: Index, report: CheckReport, started_at: str) -> None:

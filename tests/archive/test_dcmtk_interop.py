@@ -21,9 +21,9 @@ pytestmark = pytest.mark.skipif(
 
 DUMP = """\
 (0008,0005) CS [ISO_IR 100]
-(0008,0016) UI =CTImageStorage
+(0008,0016) UI =BasicTextSRStorage
 (0008,0018) UI [1.2.826.0.1.3680043.10.1071.99.1]
-(0008,0060) CS [CT]
+(0008,0060) CS [SR]
 (0010,0010) PN [DCMTK^Made]
 (0010,0020) LO [DCMTK01]
 (0020,000d) UI [1.2.826.0.1.3680043.10.1071.99]
@@ -41,7 +41,7 @@ def test_a_file_written_by_dcmtk_is_archived(archive: Archive, tmp_path: Path) -
     [outcome] = import_paths(archive, [made])
     assert outcome.outcome is Outcome.IMPORTED
     [study] = find_studies(archive.index, StudyQuery(patient_name="dcmtk*"))
-    assert study.patient_id == "DCMTK01" and study.modalities == ("CT",)
+    assert study.patient_id == "DCMTK01" and study.modalities == ("SR",)
 
 
 def test_dcmtk_reads_the_archived_copy(archive: Archive, tmp_path: Path) -> None:
