@@ -108,10 +108,6 @@ def read_header(fp: IO[bytes], file_size: int, name: str) -> InstanceHeader:
         # Deflated data is parsed from an inflated copy; zlib already refuses a cut stream.
         stopped_at = fp.tell()
         _check_last_element_complete(dataset, file_size, name)
-        if stopped_at >= file_size and _is_image(dataset):
-            # A file cut exactly between two elements parses cleanly; an image with
-            # no pixels is what gives it away.
-            raise RejectedFile(name, "truncated: an image whose file ends before its Pixel Data")
         if stopped_at < file_size:
             _check_pixel_data_complete(
                 fp,
@@ -147,19 +143,6 @@ def _parse(fp: IO[bytes], name: str, force: bool) -> Dataset:
     if len(dataset) == 0:
         raise RejectedFile(name, "not a DICOM file (no data elements)")
     return dataset
-
-
-def _is_image(dataset: Dataset) -> bool:
-    """Rows and Columns, or an "... Image Storage" SOP class, promise Pixel Data."""
-    if "Rows" in dataset or "Columns" in dataset:
-        return True
-    sop_class = _text(dataset, "SOPClassUID")
-    if not sop_class:
-        meta = getattr(dataset, "file_meta", None)
-        sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
-    from pydicom.uid import UID
-
-    return UID(sop_class).name.endswith("Image Storage")
 
 
 def _transfer_syntax(dataset: Dataset) -> str:
@@ -499,8 +482,8 @@ def _fast_parse(data: bytes) -> InstanceHeader | None:
     if meta_values.get(0x00020002, "") == DICOMDIR_SOP_CLASS:
         return None
     found, stopped_at = _walk(data, offset, transfer_syntax == _TS_IMPLICIT, None)
-    if stopped_at >= len(data):
-        return None  # no Pixel Data: an SR, or an image cut short; the pydicom path decides
+    if not found and stopped_at == offset:
+        return None
     charset = _value(found, 0x00080005, "latin_1")
     encoding = _FAST_CHARSETS.get(charset)
     if encoding is None:

