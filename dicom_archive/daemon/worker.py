@@ -26,7 +26,7 @@ from structlog.contextvars import bound_contextvars
 
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.importer import Importer
-from dicom_archive.archive.index import Index, now_iso
+from dicom_archive.archive.index import BUSY_TIMEOUT_MS, Index, now_iso
 from dicom_archive.archive.records import ImportOutcome, Outcome, SourceSignature
 from dicom_archive.archive.store import open_archive
 from dicom_archive.daemon.config import AfterImport, DaemonConfig
@@ -50,6 +50,14 @@ _INCOMPLETE = ("truncated", "empty file")
 _NOTED_LIMIT = 10_000
 #: Recent problems kept in the index for `status`.
 ERRORS_KEPT = 200
+#: Past this size the worker resets the WAL itself. Readers whose transactions follow
+#: each other without a gap keep SQLite's automatic (passive) checkpoints from ever
+#: restarting the log, so it grew without bound (47 MB for 10,000 files with 3 s
+#: readers back to back). A TRUNCATE checkpoint waits for the readers of the time to
+#: finish (new ones are not blocked) and empties the file.
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+#: How long that checkpoint may wait for readers before trying again after the next batch.
+WAL_CHECKPOINT_WAIT_MS = 5000
 
 
 def signature_of(info: os.stat_result) -> Signature:
@@ -89,6 +97,7 @@ class Worker(threading.Thread):
                     for job in jobs:
                         rt.queue.put_back(job, backoff(job.attempts, config.settle_time, 60))
                 self._record(archive.index)
+                self._limit_wal(archive.index)
 
     # -- one batch ------------------------------------------------------------
 
@@ -316,6 +325,30 @@ class Worker(threading.Thread):
         )
 
     # -- the record in the index ---------------------------------------------
+
+    def _limit_wal(self, index: Index) -> None:
+        wal = Path(f"{index.path}-wal")
+        try:
+            size = wal.stat().st_size
+        except OSError:
+            return
+        if size <= WAL_LIMIT_BYTES:
+            return
+        connection = index.connection
+        connection.execute(f"PRAGMA busy_timeout = {WAL_CHECKPOINT_WAIT_MS}")
+        try:
+            busy, frames, done = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            log.info(
+                "checkpointed the index log",
+                wal_bytes=size,
+                complete=not busy,
+                frames=frames,
+                copied=done,
+            )
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint the index log", wal_bytes=size, error=str(exc))
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _error(self, kind: str, path: str, message: str) -> None:
         if len(self._errors) < ERRORS_KEPT:

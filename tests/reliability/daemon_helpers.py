@@ -152,7 +152,8 @@ def drop_all(staging: Path, incoming: Path, names: Sequence[str], folders: int =
 
 
 def incoming_now(incoming: Path) -> set[Path]:
-    return {p for p in incoming.rglob("*") if not p.is_dir()}
+    """Files under incoming (os.walk: folders the daemon removes meanwhile are skipped)."""
+    return {Path(top) / name for top, _, names in os.walk(incoming) for name in names}
 
 
 class Proof:

@@ -85,6 +85,7 @@ def test_random_sigkills_under_a_stream_of_drops(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_soak_random_sigkills(tmp_path: Path) -> None:
     """Long form: SOAK_KILLS kills (default 200) over SOAK_FILES files (default 20,000)."""
     kills = int(os.environ.get("SOAK_KILLS", "200"))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -26,8 +27,9 @@ from tests.reliability.daemon_helpers import (
 )
 from tests.reliability.helpers import CLI, REPO
 
-#: The WAL may hold what is written while one read transaction pins it, never the
-#: whole import: 16 MB is ~40x what one 3 s reader window needs at ~600 files/s.
+#: Readers back to back starve SQLite's passive checkpoints; the worker truncates the
+#: WAL past 8 MB (WAL_LIMIT_BYTES), so the peak is that plus what is written while
+#: the checkpoint waits for the current reader: 16 MB leaves room for one batch more.
 WAL_BOUND = 16 * 1024 * 1024
 
 
@@ -89,8 +91,10 @@ def long_reader_while_importing(tmp_path: Path, files: int) -> None:
         reader.finish()
         sampler.stop()
         daemon.close()
-    assert "locked" not in daemon.log_text()
+    # (A heartbeat may skip a beat while the worker's checkpoint waits for a reader.)
+    assert "database is locked" not in daemon.log_text()
     assert not events(daemon, "import failed, will retry")
+    assert not events(daemon, "cannot record counts")
     assert reader.transactions >= 1
     print(
         f"long reader: {files} files in {elapsed:.1f} s, {reader.transactions} read "
@@ -146,7 +150,7 @@ def test_cli_import_into_the_archive_the_daemon_fills(tmp_path: Path) -> None:
     finally:
         feeder.abort()
         daemon.close()
-    assert "locked" not in daemon.log_text()
+    assert "database is locked" not in daemon.log_text()
     imported_by_cli = int(result.stdout.split(" imported")[0])
     imported_by_daemon = len(events(daemon, "imported"))
     assert imported_by_cli + imported_by_daemon == 2300
@@ -158,11 +162,10 @@ def test_cli_import_into_the_archive_the_daemon_fills(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_soak_a_hundred_thousand_files_at_once_in_bounded_memory(tmp_path: Path) -> None:
     """100,000 small files land in incoming at once: all archived once, and the daemon's
     peak RSS (VmHWM) stays at or under 150 MB (SOAK_QUEUED_FILES to change the count)."""
-    import os
-
     files = int(os.environ.get("SOAK_QUEUED_FILES", "100000"))
     staging = tmp_path / "staging"
     hashes = make_corpus(staging, files)
