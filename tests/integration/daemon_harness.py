@@ -172,10 +172,14 @@ class DaemonProcess:
         return sorted(self.incoming.rglob("*"))
 
     def rejected_files(self) -> list[Path]:
+        """Files set aside, without their reasons and without a reason still being
+        written (``.NAME.reason.txt.tmp``, renamed into place when complete)."""
         return sorted(
             p
             for p in self.rejected.rglob("*")
-            if (p.is_file() or p.is_symlink()) and not p.name.endswith(".reason.txt")
+            if (p.is_file() or p.is_symlink())
+            and not p.name.endswith(".reason.txt")
+            and not p.name.startswith(".")
         )
 
     def reason_of(self, rejected: Path) -> str:
