@@ -7,17 +7,20 @@ fsync, rename, fsync of the folder), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from dicom_archive.archive.index import Index
 from dicom_archive.archive.layout import ArchivePaths
 
 SNAPSHOT_VERSION = "1.0"
+#: Up to this many instances `list --format json` is indented for people; beyond,
+#: it streams compact JSON in flat memory.
+_INDENT_LIMIT = 20_000
 
 _ROWS = """
 SELECT p.id, p.patient_name, p.patient_id,
@@ -39,116 +42,88 @@ def primary_modality(instances_per_modality: Counter[str]) -> str:
     return instances_per_modality.most_common(1)[0][0]
 
 
-def iter_patients(index: Index) -> Iterator[dict[str, Any]]:
-    """Patients in the documented shape, each holding its studies, one at a time."""
-    patient: dict[str, Any] | None = None
-    study: dict[str, Any] | None = None
-    series: dict[str, Any] | None = None
-    modalities: Counter[str] = Counter()
+def _study_modality(index: Index, study_pk: int) -> str:
+    counts: Counter[str] = Counter()
+    for modality, count in index.connection.execute(
+        "SELECT modality, instance_count FROM series WHERE study_pk = ? ORDER BY id",
+        (study_pk,),
+    ):
+        if modality:
+            counts[modality] += count
+    return primary_modality(counts)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _write_patients(index: Index, out: IO[str]) -> None:
+    """Stream ``patients[]`` row by row: no patient, study or series is held in memory
+    (one patient may hold a hundred thousand instances)."""
     patient_pk = study_pk = series_pk = None
-
-    def close_study() -> None:
-        if study is not None and patient is not None:
-            study["modality"] = primary_modality(modalities)
-            patient["studies"].append(_ordered_study(study))
-
+    first_patient = True
     for row in index.connection.execute(_ROWS):
-        (
-            p_pk,
-            p_name,
-            p_id,
-            s_pk,
-            s_uid,
-            s_date,
-            s_desc,
-            se_pk,
-            se_uid,
-            se_mod,
-            se_desc,
-            sop,
-            sop_class,
-            path,
-            size,
-            imported,
-        ) = row
+        (p_pk, p_name, p_id, s_pk, s_uid, s_date, s_desc, se_pk, se_uid, se_mod, se_desc,
+         sop, sop_class, path, size, imported) = row  # fmt: skip
         if p_pk != patient_pk:
-            close_study()
-            study = None
-            if patient is not None:
-                yield patient
-            patient = {"patientName": p_name, "patientID": p_id, "studies": []}
-            patient_pk = p_pk
-            study_pk = None
+            if patient_pk is not None:
+                out.write("]}]}]}")
+            out.write("" if first_patient else ",")
+            first_patient = False
+            out.write(f'{{"patientName":{_json(p_name)},"patientID":{_json(p_id)},"studies":[')
+            patient_pk, study_pk, series_pk = p_pk, None, None
         if s_pk != study_pk:
-            close_study()
-            study = {
-                "studyInstanceUID": s_uid,
-                "studyDate": s_date,
-                "studyDescription": s_desc,
-                "series": [],
-            }
-            modalities = Counter()
+            if study_pk is not None:
+                out.write("]}]},")
+            out.write(
+                f'{{"studyInstanceUID":{_json(s_uid)},"studyDate":{_json(s_date)},'
+                f'"studyDescription":{_json(s_desc)},'
+                f'"modality":{_json(_study_modality(index, s_pk))},"series":['
+            )
             study_pk, series_pk = s_pk, None
-        assert study is not None
         if se_pk != series_pk:
-            series = {
-                "seriesInstanceUID": se_uid,
-                "modality": se_mod,
-                "seriesDescription": se_desc,
-                "instances": [],
-            }
-            study["series"].append(series)
+            if series_pk is not None:
+                out.write("]},")
+            out.write(
+                f'{{"seriesInstanceUID":{_json(se_uid)},"modality":{_json(se_mod)},'
+                f'"seriesDescription":{_json(se_desc)},"instances":['
+            )
             series_pk = se_pk
-        assert series is not None
-        if se_mod:
-            modalities[se_mod] += 1
-        series["instances"].append(
-            {
-                "sopInstanceUID": sop,
-                "sopClassUID": sop_class,
-                "filePath": path,
-                "fileSize": size,
-                "importDate": imported,
-            }
+            first_instance = True
+        out.write("" if first_instance else ",")
+        first_instance = False
+        out.write(
+            f'{{"sopInstanceUID":{_json(sop)},"sopClassUID":{_json(sop_class)},'
+            f'"filePath":{_json(path)},"fileSize":{size},"importDate":{_json(imported)}}}'
         )
-    close_study()
-    if patient is not None:
-        yield patient
-
-
-def _ordered_study(study: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "studyInstanceUID": study["studyInstanceUID"],
-        "studyDate": study["studyDate"],
-        "studyDescription": study["studyDescription"],
-        "modality": study["modality"],
-        "series": study["series"],
-    }
+    if patient_pk is not None:
+        out.write("]}]}]}")
 
 
 def write_json_document(index: Index, out: IO[str], indent: bool = False) -> None:
-    """Write the documented JSON shape to ``out``, one patient in memory at a time."""
+    """Write the documented JSON shape to ``out``, streamed row by row.
+
+    ``indent`` asks for a document meant for people; it is re-indented from the
+    compact stream one patient at a time only where the archive is small enough.
+    """
     created = index.meta("created_at") or ""
     modified = index.meta("modified_at") or created
+    file_count = index.instance_count()
     head = {
         "version": SNAPSHOT_VERSION,
         "creationDate": created,
         "lastModified": modified,
-        "fileCount": index.instance_count(),
+        "fileCount": file_count,
     }
-    text = json.dumps(head, ensure_ascii=False, indent=2 if indent else None)
-    out.write(text[:-1].rstrip() + (',\n  "patients": [' if indent else ', "patients": ['))
-    first = True
-    for patient in iter_patients(index):
-        if not first:
-            out.write(",")
-        first = False
-        if indent:
-            body = json.dumps(patient, ensure_ascii=False, indent=2)
-            out.write("\n    " + body.replace("\n", "\n    "))
-        else:
-            out.write(json.dumps(patient, ensure_ascii=False, separators=(",", ":")))
-    out.write(("\n  ]\n}\n" if not first else "]\n}\n") if indent else "]}\n")
+    if indent and file_count <= _INDENT_LIMIT:
+        buffer = io.StringIO()
+        _write_patients(index, buffer)
+        document = dict(head, patients=json.loads("[" + buffer.getvalue() + "]"))
+        out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        return
+    out.write(json.dumps(head, ensure_ascii=False)[:-1] + ',"patients":[')
+    _write_patients(index, out)
+    out.write("]}\n")
 
 
 def write_snapshot(paths: ArchivePaths, index: Index) -> Path:

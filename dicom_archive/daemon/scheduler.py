@@ -59,6 +59,10 @@ def last_check_time(index: Index, verified: bool) -> float | None:
     return parse_iso(row[0] if row else None)
 
 
+#: The snapshot waits at least this many times its own last duration between rewrites.
+_SNAPSHOT_COST_FACTOR = 10
+
+
 class Scheduler(threading.Thread):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(name="dicom-archive-scheduler")
@@ -81,8 +85,14 @@ class Scheduler(threading.Thread):
                 config = rt.config
                 try:
                     if config.snapshot_interval > 0 and time.monotonic() >= next_snapshot:
+                        started = time.monotonic()
                         self.refresh_snapshot(archive)
-                        next_snapshot = time.monotonic() + config.snapshot_interval
+                        # A full rewrite grows with the archive: never let it take more
+                        # than a tenth of the time, whatever the configured interval.
+                        cost = time.monotonic() - started
+                        next_snapshot = time.monotonic() + max(
+                            config.snapshot_interval, _SNAPSHOT_COST_FACTOR * cost
+                        )
                     job = self._due_job(archive)
                     if job is None:
                         deferred_since = None

@@ -188,3 +188,29 @@ def test_check_during_an_import_reports_no_false_findings(archive: Archive, tmp_
         runs += 1
     thread.join()
     assert check_archive(archive).instances_checked == len(files)
+
+
+def test_snapshot_streams_every_level_and_parses(archive: Archive, tmp_path: Path) -> None:
+    """Several patients, studies and series: the streamed document is valid JSON that
+    holds every instance once, and each study's modality is its primary one."""
+    files = write_studies(
+        tmp_path / "many",
+        StudySpec(patients=3, studies_per_patient=2, series_per_study=3, instances_per_series=2),
+    )
+    list(import_paths(archive, files))
+    write_snapshot(archive.paths, archive.index)
+    document = json.loads(archive.paths.snapshot.read_text(encoding="utf-8"))
+    assert len(document["patients"]) == 3
+    assert all(len(p["studies"]) == 2 for p in document["patients"])
+    studies = [st for p in document["patients"] for st in p["studies"]]
+    assert all(len(st["series"]) == 3 for st in studies)
+    paths = [i["filePath"] for st in studies for se in st["series"] for i in se["instances"]]
+    assert len(paths) == len(set(paths)) == len(files) == document["fileCount"]
+    # series CT, MR, US with 2 instances each: the first seen wins the tie
+    assert {st["modality"] for st in studies} == {"CT"}
+
+
+def test_empty_archive_snapshot(archive: Archive) -> None:
+    write_snapshot(archive.paths, archive.index)
+    document = json.loads(archive.paths.snapshot.read_text(encoding="utf-8"))
+    assert document["patients"] == [] and document["fileCount"] == 0
