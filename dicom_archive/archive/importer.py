@@ -121,6 +121,8 @@ class Importer:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._folders: set[str] = set()  # series folders known to exist
+        #: Read the next files in a thread while a batch commits (large batches only).
+        self.prefetch = True
         # A killed import leaves its temporary copies; they are never the only copy
         # of anything (the source stays until its row commits), so clear them here
         # rather than leave `check` to report them.
@@ -130,30 +132,42 @@ class Importer:
     def import_files(self, sources: Iterable[Path]) -> Iterator[ImportOutcome]:
         """Outcomes in source order, a batch at a time.
 
-        With a worker pool, the next batch is read (parsed, hashed, copied to
-        temporary names) while the current one is synced and committed.
+        The next batch is read (parsed, hashed, copied to temporary names) while
+        the current one is synced and committed: by the worker pool for large
+        files, else by one reader thread that lives as long as this call.
         """
-        previous: tuple[list[Path], _Reading] | None = None
-        batch: list[Path] = []
-        for source in sources:
-            batch.append(source)
-            if len(batch) >= self.batch_size:
-                reading = self._start_reading(batch)
-                if previous is not None:
-                    yield from self._finish(*previous)
-                previous, batch = (batch, reading), []
-        if batch:
-            reading = self._start_reading(batch)
+        thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dicom-archive-reader")
+            if self.prefetch
+            else None
+        )
+        previous: tuple[list[Path], _Reading] | None = None  # read ahead, not finished
+        try:
+            batch: list[Path] = []
+            for source in sources:
+                batch.append(source)
+                if len(batch) >= self.batch_size:
+                    done, previous = previous, (batch, self._start_reading(batch, thread))
+                    batch = []
+                    if done is not None:
+                        yield from self._finish(*done)
+            if batch:
+                done, previous = previous, (batch, self._start_reading(batch, thread))
+                if done is not None:
+                    yield from self._finish(*done)
             if previous is not None:
-                yield from self._finish(*previous)
-            previous = (batch, reading)
-        if previous is not None:
-            yield from self._finish(*previous)
+                done, previous = previous, None
+                yield from self._finish(*done)
+        finally:
+            if previous is not None:  # abandoned or failed: drop what was read ahead
+                _discard(previous[1])
+            if thread is not None:
+                thread.shutdown(wait=True, cancel_futures=True)
 
     def import_batch(self, sources: Sequence[Path]) -> list[ImportOutcome]:
         """Import ``sources`` with one group commit; one outcome per source, in order."""
         batch = list(sources)
-        return self._finish(batch, self._start_reading(batch))
+        return self._finish(batch, self._start_reading(batch, None))
 
     def close(self) -> None:
         """Stop the worker pool, if one was started."""
@@ -169,15 +183,21 @@ class Importer:
 
     # -- 1. read, validate, hash, copy to a temporary name -------------------
 
-    def _start_reading(self, batch: list[Path]) -> _Reading:
-        pool = self._pool_for(batch)
-        if pool is None:
-            return _Reading(None)
+    def _start_reading(
+        self, batch: list[Path], thread: concurrent.futures.ThreadPoolExecutor | None
+    ) -> _Reading:
         reader = functools.partial(
             _read_source, tmp_dir=self.archive.paths.tmp, owner_pid=os.getpid(), write=True
         )
-        chunk = max(1, len(batch) // (4 * self.workers))
-        return _Reading(pool.map(reader, batch, chunksize=chunk))
+        pool = self._pool_for(batch)
+        if pool is not None:
+            chunk = max(1, len(batch) // (4 * self.workers))
+            return _Reading(pool.map(reader, batch, chunksize=chunk))
+        if thread is None or len(batch) < POOL_MIN_BATCH:
+            return _Reading(None)
+        # Small files: one reader thread. Parsing holds the GIL, but the thread
+        # reads and copies while this one waits on syncfs and the commit's fsync.
+        return _Reading(thread.map(reader, batch))
 
     def _pool_for(self, batch: list[Path]) -> concurrent.futures.ProcessPoolExecutor | None:
         if self.workers < 2 or len(batch) < POOL_MIN_BATCH or not _large_files(batch):
@@ -529,6 +549,18 @@ def _read_source(source: Path, tmp_dir: Path, owner_pid: int, write: bool) -> _R
         # Reported only if the file is new: a duplicate never needed the copy.
         return _Read(header, sha256, size, started, write_error=exc), signature
     return _Read(header, sha256, size, started, tmp=tmp), signature
+
+
+def _discard(reading: _Reading) -> None:
+    """Remove the temporaries of a batch read ahead but never imported."""
+    if reading.results is None:
+        return
+    try:
+        for result, _ in reading.results:
+            if isinstance(result, _Read) and result.tmp is not None:
+                _unlink_quietly(result.tmp)
+    except Exception:  # noqa: S110 - best effort; leftovers are stale temporaries
+        pass
 
 
 def _large_files(batch: list[Path]) -> bool:

@@ -16,8 +16,11 @@ from tests.factory import write_instance
 _DATA = Path(pydicom.data.__file__).parent
 
 
-def _run(root: Path, files: list[Path], workers: int) -> list[tuple[str, str, str, str]]:
+def _run(
+    root: Path, files: list[Path], workers: int, prefetch: bool = True
+) -> list[tuple[str, str, str, str]]:
     with init_archive(root) as archive, Importer(archive, workers=workers) as importer:
+        importer.prefetch = prefetch
         outcomes = list(importer.import_files(files))
         leftovers = list(archive.paths.tmp.iterdir())
     assert leftovers == [], "no temporary copy outlives its batch"
@@ -28,14 +31,17 @@ def _run(root: Path, files: list[Path], workers: int) -> list[tuple[str, str, st
 def test_pool_gives_the_same_outcomes_as_one_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pydicom's files (imports, duplicates, conflicts, rejections) read by workers
-    or in place give identical outcomes, reasons and archive paths."""
+    """pydicom's files (imports, duplicates, conflicts, rejections) read by worker
+    processes, by a reader thread or in place give identical outcomes, reasons and
+    archive paths."""
     monkeypatch.setattr(importer_module, "POOL_MIN_BATCH", 1)
     monkeypatch.setattr(importer_module, "POOL_MIN_FILE_SIZE", 0)
     files = sorted(p for p in _DATA.rglob("*") if p.is_file())
-    alone = _run(tmp_path / "alone", files, workers=1)
+    alone = _run(tmp_path / "alone", files, workers=1, prefetch=False)
     pooled = _run(tmp_path / "pooled", files, workers=2)
+    threaded = _run(tmp_path / "threaded", files, workers=1, prefetch=True)
     assert pooled == alone
+    assert threaded == alone
     kinds = {outcome for _, outcome, _, _ in alone}
     assert {"imported", "duplicate", "conflict", "rejected"} <= kinds
 
