@@ -161,7 +161,14 @@ def build_where(query: StudyQuery) -> tuple[str, list[str]]:
         clauses.append("st.study_instance_uid = ?")
         params.append(query.study_uid)
     if query.modality:
-        clauses.append("st.id IN (SELECT study_pk FROM series WHERE modality_fold = ?)")
+        if query.study_date or query.patient_name or query.patient_id or query.study_uid:
+            # Another filter narrows the studies first: probe each for the modality.
+            clauses.append(
+                "EXISTS (SELECT 1 FROM series se WHERE se.modality_fold = ? "
+                "AND se.study_pk = st.id)"
+            )
+        else:
+            clauses.append("st.id IN (SELECT study_pk FROM series WHERE modality_fold = ?)")
         params.append(fold(query.modality))
     if query.study_date:
         clauses.append("st.study_date != ''")
@@ -177,10 +184,14 @@ def build_where(query: StudyQuery) -> tuple[str, list[str]]:
 def find_studies(index: Index, query: StudyQuery) -> Iterator[StudyResult]:
     """One result per matching study, ordered by date, patient and UID."""
     where, params = build_where(query)
+    # With a patient filter, walk the (few) patients first: left to itself SQLite may
+    # walk every study in date order and look up its patient (113 ms for *BRAIN* at
+    # 1,000,000 instances, 5 ms this way). CROSS JOIN fixes the loop order.
+    join = "CROSS JOIN" if query.patient_name or query.patient_id else "JOIN"
     cursor = index.connection.execute(
         "SELECT st.id, p.patient_name, p.patient_id, st.study_date, st.study_time, "
         "st.study_instance_uid, st.description, st.accession_number "
-        "FROM studies st JOIN patients p ON p.id = st.patient_pk "
+        f"FROM patients p {join} studies st ON st.patient_pk = p.id "
         f"WHERE {where} ORDER BY st.study_date, p.patient_name, st.study_instance_uid",
         params,
     )
@@ -207,12 +218,20 @@ def find_studies(index: Index, query: StudyQuery) -> Iterator[StudyResult]:
 
 def _series_for(index: Index, study_pks: Sequence[int]) -> dict[int, list[SeriesSummary]]:
     marks = ",".join("?" * len(study_pks))
-    found: dict[int, list[SeriesSummary]] = {}
+    rows_by_study: dict[int, list[tuple[Any, ...]]] = {}
+    # Sorted here, per study: an ORDER BY would sort every series of the chunk at once.
     for row in index.connection.execute(
         "SELECT study_pk, series_instance_uid, series_number, modality, description, "
-        "body_part, instance_count, total_bytes FROM series "
-        f"WHERE study_pk IN ({marks}) ORDER BY study_pk, series_number, id",
+        f"body_part, instance_count, total_bytes, id FROM series WHERE study_pk IN ({marks})",
         list(study_pks),
     ):
-        found.setdefault(row[0], []).append(SeriesSummary(*row[1:]))
-    return found
+        rows_by_study.setdefault(row[0], []).append(row)
+    return {
+        pk: [SeriesSummary(*row[1:8]) for row in sorted(rows, key=_series_order)]
+        for pk, rows in rows_by_study.items()
+    }
+
+
+def _series_order(row: tuple[Any, ...]) -> tuple[bool, int, int]:
+    """By series number (series without one last), then by arrival."""
+    return (row[2] is None, row[2] or 0, row[8])

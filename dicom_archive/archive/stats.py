@@ -53,36 +53,34 @@ class ArchiveStats:
 
 
 def archive_stats(index: Index) -> ArchiveStats:
+    """Every figure from an index lookup or the per-modality pass over ``series_stats``;
+    the totals are the sums of the per-modality rows."""
     with index.read() as db:
         patients = db.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
         studies = db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
-        series, instances, total_bytes = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(instance_count), 0), COALESCE(SUM(total_bytes), 0) "
-            "FROM series"
-        ).fetchone()
+        modalities = tuple(
+            ModalityStats(*row)
+            for row in db.execute(
+                "SELECT modality, SUM(instance_count), COUNT(*), COUNT(DISTINCT study_pk), "
+                "SUM(total_bytes) FROM series GROUP BY modality"
+            )
+        )
+        # Separate MIN and MAX statements: each is one index lookup, together a scan.
         first_date = db.execute(
             "SELECT MIN(study_date) FROM studies WHERE study_date != ''"
         ).fetchone()[0]
         last_date = db.execute("SELECT MAX(study_date) FROM studies").fetchone()[0]
         first_import = db.execute("SELECT MIN(imported_at) FROM instances").fetchone()[0]
         last_import = db.execute("SELECT MAX(imported_at) FROM instances").fetchone()[0]
-        modalities = tuple(
-            ModalityStats(*row)
-            for row in db.execute(
-                "SELECT modality, SUM(instance_count), COUNT(*), COUNT(DISTINCT study_pk), "
-                "SUM(total_bytes) FROM series GROUP BY modality "
-                "ORDER BY SUM(instance_count) DESC, modality"
-            )
-        )
     return ArchiveStats(
         patients=patients,
         studies=studies,
-        series=series,
-        instances=instances,
-        total_bytes=total_bytes,
+        series=sum(m.series for m in modalities),
+        instances=sum(m.instances for m in modalities),
+        total_bytes=sum(m.bytes for m in modalities),
         first_study_date=first_date or "",
         last_study_date=last_date or "",
         first_import=first_import or "",
         last_import=last_import or "",
-        modalities=modalities,
+        modalities=tuple(sorted(modalities, key=lambda m: (-m.instances, m.modality))),
     )

@@ -114,3 +114,46 @@ def test_charset_names_are_found_by_wildcard(archive: Archive) -> None:
     assert names(archive, patient_name="διον*") == ["Διονυσιος"]
     assert names(archive, patient_name="люк*") == ["Люкceмбypг"]
     assert names(archive, patient_name="قباني*") == ["قباني^لنزار"]
+
+
+def plan(archive: Archive, query: StudyQuery) -> str:
+    from dicom_archive.archive.query import build_where
+
+    where, params = build_where(query)
+    join = "CROSS JOIN" if query.patient_name or query.patient_id else "JOIN"
+    rows = archive.index.connection.execute(
+        f"EXPLAIN QUERY PLAN SELECT st.id FROM patients p {join} studies st "
+        f"ON st.patient_pk = p.id WHERE {where}",
+        params,
+    ).fetchall()
+    return " | ".join(str(row[3]) for row in rows)
+
+
+def test_query_plans_start_from_the_narrowest_filter(filled: Archive) -> None:
+    """An infix name scans the small patients table, never every study; a date range
+    with a modality walks the date index and probes series for the modality."""
+    infix = plan(filled, StudyQuery(patient_name="*JOHN*"))
+    assert infix.startswith("SCAN p") and "SCAN st" not in infix, infix
+    dated = plan(filled, StudyQuery(modality="CT", study_date=parse_date_range("20240101-")))
+    assert "studies_date" in dated and "series_modality" in dated, dated
+
+
+def test_stats_are_served_by_a_covering_index(archive: Archive) -> None:
+    rows = archive.index.connection.execute(
+        "EXPLAIN QUERY PLAN SELECT modality, SUM(instance_count), COUNT(*), "
+        "COUNT(DISTINCT study_pk), SUM(total_bytes) FROM series GROUP BY modality"
+    ).fetchall()
+    assert "COVERING INDEX series_stats" in " ".join(str(r[3]) for r in rows)
+
+
+def test_an_older_index_is_migrated_on_open(archive: Archive) -> None:
+    from dicom_archive.archive.index import SCHEMA_VERSION
+    from dicom_archive.archive.store import open_archive
+
+    with archive.index.write() as db:
+        db.execute("DROP INDEX series_stats")
+        db.execute("PRAGMA user_version = 2")
+    with open_archive(archive.root) as reopened:
+        assert reopened.index.schema_version() == SCHEMA_VERSION
+        names = {r[0] for r in reopened.index.connection.execute("SELECT name FROM sqlite_master")}
+        assert "series_stats" in names
