@@ -7,6 +7,7 @@ destination is skipped; a different one is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dicom_archive.archive.layout import DATA_DIR
 from dicom_archive.archive.store import Archive
 from dicom_archive.errors import ExportError, UsageError
 
-_CHUNK = 1024 * 1024
+_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,67 +92,96 @@ def export_instances(
     output: Path,
     *,
     flatten: bool = False,
+    on_selected: Callable[[int], None] | None = None,
     on_file: Callable[[ExportItem, str], None] | None = None,
 ) -> ExportReport:
-    """Copy the selected instances into ``output``; raises when nothing matches."""
+    """Copy the selected instances into ``output``; raises when nothing matches.
+
+    ``on_selected`` hears how many instances were selected before the first copy.
+    """
     items = select_instances(archive, selector)
     if not items:
         raise ExportError(f"nothing in the archive matches {selector.describe()}")
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
+    if on_selected is not None:
+        on_selected(len(items))
     report = ExportReport(selected=len(items))
+    exporter = _Exporter(str(archive.root), report)
     for item in items:
-        status = _export_one(archive, item, destination_for(item, output, flatten), report)
+        status = exporter.export(item, str(destination_for(item, output, flatten)))
         if on_file is not None:
             on_file(item, status)
     syncfs(output)
     return report
 
 
-def _export_one(archive: Archive, item: ExportItem, target: Path, report: ExportReport) -> str:
-    source = archive.root / item.file_path
-    try:
-        if target.exists():
-            if _sha256_of(target) == item.sha256:
-                report.skipped_identical += 1
-                return "skipped"
-            report.errors.append(f"{target}: a different file is already there (not overwritten)")
-            return "error"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+class _Exporter:
+    """One export run: string paths and a cache of folders made (no pathlib or mkdir
+    per file), each file read once, hashed and written under a temporary name, then
+    linked to its name only if that name is free."""
+
+    def __init__(self, root: str, report: ExportReport) -> None:
+        self.root = root
+        self.report = report
+        self.folders: set[str] = set()
+        self.pid = os.getpid()
+
+    def export(self, item: ExportItem, target: str) -> str:
+        report = self.report
         try:
-            sha256 = _copy_hashing(source, temporary)
-            if sha256 != item.sha256:
+            if os.path.lexists(target):
+                if _sha256_of(target) == item.sha256:
+                    report.skipped_identical += 1
+                    return "skipped"
                 report.errors.append(
-                    f"{item.file_path}: archived file differs from its index entry "
-                    "(run: dicom-archive check --verify-files); not exported"
+                    f"{target}: a different file is already there (not overwritten)"
                 )
                 return "error"
-            if not link_no_replace(temporary, target):
-                report.errors.append(f"{target}: a file appeared there during export")
-                return "error"
-        finally:
-            if temporary.exists():
-                temporary.unlink()
-    except OSError as exc:
-        report.errors.append(f"{item.file_path}: {exc.strerror or exc}")
-        return "error"
-    report.copied += 1
-    report.bytes_copied += item.file_size
-    return "copied"
+            folder, name = os.path.split(target)
+            if folder not in self.folders:
+                os.makedirs(folder, exist_ok=True)
+                self.folders.add(folder)
+            temporary = os.path.join(folder, f".{name}.{self.pid}.tmp")
+            try:
+                sha256 = _copy_hashing(os.path.join(self.root, item.file_path), temporary)
+                if sha256 != item.sha256:
+                    report.errors.append(
+                        f"{item.file_path}: archived file differs from its index entry "
+                        "(run: dicom-archive check --verify-files); not exported"
+                    )
+                    return "error"
+                if not link_no_replace(Path(temporary), Path(target)):
+                    report.errors.append(f"{target}: a file appeared there during export")
+                    return "error"
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+        except OSError as exc:
+            report.errors.append(f"{item.file_path}: {exc.strerror or exc}")
+            return "error"
+        report.copied += 1
+        report.bytes_copied += item.file_size
+        return "copied"
 
 
-def _copy_hashing(source: Path, target: Path) -> str:
+def _copy_hashing(source: str, target: str) -> str:
     digest = hashlib.sha256()
-    with open(source, "rb") as src, open(target, "xb") as out:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
+    with open(source, "rb") as src:
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
     return digest.hexdigest()
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_of(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicom_archive.archive.export import ExportItem, Selector, export_instances, select_instances
+from dicom_archive.archive.export import ExportItem, Selector, export_instances
 from dicom_archive.cli.common import (
     ProgressBar,
     add_archive_option,
@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     selector = Selector(args.study_uid, args.series_uid, args.patient_id)
     with open_from_args(args) as archive:
-        progress = ProgressBar(len(select_instances(archive, selector)), "exporting")
+        progress = ProgressBar(0, "exporting")
+
+        def on_selected(total: int) -> None:
+            nonlocal progress
+            progress = ProgressBar(total, "exporting")
 
         def on_file(item: ExportItem, status: str) -> None:
             progress.advance()
@@ -51,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
                 print(safe(f"{status:9}  {item.file_path}"))
 
         report = export_instances(
-            archive, selector, args.output, flatten=args.flatten, on_file=on_file
+            archive,
+            selector,
+            args.output,
+            flatten=args.flatten,
+            on_selected=on_selected,
+            on_file=on_file,
         )
         progress.close()
     for error in report.errors:
