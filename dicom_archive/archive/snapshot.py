@@ -22,15 +22,21 @@ SNAPSHOT_VERSION = "1.0"
 #: it streams compact JSON in flat memory.
 _INDENT_LIMIT = 20_000
 
+# CROSS JOIN fixes the loop order (patients, then their studies, series, instances,
+# each through its index), so rows arrive grouped and in id order with no sort of
+# the whole index; SQLite builds each instance's JSON text itself.
 _ROWS = """
-SELECT p.id, p.patient_name, p.patient_id,
-       st.id, st.study_instance_uid, st.study_date, st.description,
-       se.id, se.series_instance_uid, se.modality, se.description,
-       i.sop_instance_uid, i.sop_class_uid, i.file_path, i.file_size, i.imported_at
+SELECT p.id, st.id, se.id,
+       p.patient_name, p.patient_id,
+       st.study_instance_uid, st.study_date, st.description,
+       se.series_instance_uid, se.modality, se.description,
+       json_object('sopInstanceUID', i.sop_instance_uid, 'sopClassUID', i.sop_class_uid,
+                   'filePath', i.file_path, 'fileSize', i.file_size,
+                   'importDate', i.imported_at)
 FROM patients p
-JOIN studies st ON st.patient_pk = p.id
-JOIN series se ON se.study_pk = st.id
-JOIN instances i ON i.series_pk = se.id
+CROSS JOIN studies st ON st.patient_pk = p.id
+CROSS JOIN series se ON se.study_pk = st.id
+CROSS JOIN instances i ON i.series_pk = se.id
 ORDER BY p.id, st.id, se.id, i.id
 """
 
@@ -61,43 +67,37 @@ def _write_patients(index: Index, out: IO[str]) -> None:
     """Stream ``patients[]`` row by row: no patient, study or series is held in memory
     (one patient may hold a hundred thousand instances)."""
     patient_pk = study_pk = series_pk = None
-    first_patient = True
+    write = out.write
     for row in index.connection.execute(_ROWS):
-        (p_pk, p_name, p_id, s_pk, s_uid, s_date, s_desc, se_pk, se_uid, se_mod, se_desc,
-         sop, sop_class, path, size, imported) = row  # fmt: skip
+        p_pk, s_pk, se_pk = row[0], row[1], row[2]
+        if se_pk == series_pk:
+            write(",")
+            write(row[11])
+            continue
         if p_pk != patient_pk:
             if patient_pk is not None:
-                out.write("]}]}]}")
-            out.write("" if first_patient else ",")
-            first_patient = False
-            out.write(f'{{"patientName":{_json(p_name)},"patientID":{_json(p_id)},"studies":[')
-            patient_pk, study_pk, series_pk = p_pk, None, None
+                write("]}]}]},")
+            write(f'{{"patientName":{_json(row[3])},"patientID":{_json(row[4])},"studies":[')
+            patient_pk, study_pk = p_pk, None
         if s_pk != study_pk:
             if study_pk is not None:
-                out.write("]}]},")
-            out.write(
-                f'{{"studyInstanceUID":{_json(s_uid)},"studyDate":{_json(s_date)},'
-                f'"studyDescription":{_json(s_desc)},'
+                write("]}]},")
+            write(
+                f'{{"studyInstanceUID":{_json(row[5])},"studyDate":{_json(row[6])},'
+                f'"studyDescription":{_json(row[7])},'
                 f'"modality":{_json(_study_modality(index, s_pk))},"series":['
             )
             study_pk, series_pk = s_pk, None
-        if se_pk != series_pk:
-            if series_pk is not None:
-                out.write("]},")
-            out.write(
-                f'{{"seriesInstanceUID":{_json(se_uid)},"modality":{_json(se_mod)},'
-                f'"seriesDescription":{_json(se_desc)},"instances":['
-            )
-            series_pk = se_pk
-            first_instance = True
-        out.write("" if first_instance else ",")
-        first_instance = False
-        out.write(
-            f'{{"sopInstanceUID":{_json(sop)},"sopClassUID":{_json(sop_class)},'
-            f'"filePath":{_json(path)},"fileSize":{size},"importDate":{_json(imported)}}}'
+        if series_pk is not None:
+            write("]},")
+        write(
+            f'{{"seriesInstanceUID":{_json(row[8])},"modality":{_json(row[9])},'
+            f'"seriesDescription":{_json(row[10])},"instances":['
         )
+        write(row[11])
+        series_pk = se_pk
     if patient_pk is not None:
-        out.write("]}]}]}")
+        write("]}]}]}")
 
 
 def write_json_document(index: Index, out: IO[str], indent: bool = False) -> None:
