@@ -303,13 +303,53 @@ def _text(dataset: Dataset, keyword: str) -> str:
     return str(value).strip(" \x00")
 
 
+#: InstanceHeader's descriptive fields: (attribute keyword, tag). Both readers fill
+#: them through this one table.
+_TEXT_FIELDS = {
+    "patient_id": ("PatientID", 0x00100020),
+    "patient_name": ("PatientName", 0x00100010),
+    "patient_birth_date": ("PatientBirthDate", 0x00100030),
+    "patient_sex": ("PatientSex", 0x00100040),
+    "study_date": ("StudyDate", 0x00080020),
+    "study_time": ("StudyTime", 0x00080030),
+    "study_description": ("StudyDescription", 0x00081030),
+    "accession_number": ("AccessionNumber", 0x00080050),
+    "study_id": ("StudyID", 0x00200010),
+    "referring_physician": ("ReferringPhysicianName", 0x00080090),
+    "modality": ("Modality", 0x00080060),
+    "series_description": ("SeriesDescription", 0x0008103E),
+    "body_part": ("BodyPartExamined", 0x00180015),
+}
+_INTEGER_FIELDS = {
+    "series_number": ("SeriesNumber", 0x00200011),
+    "instance_number": ("InstanceNumber", 0x00200013),
+}
+
+
+def _build_header(
+    uids: tuple[str, str, str, str],
+    transfer_syntax: str,
+    text: Callable[[str, int], str],
+    integer: Callable[[str, int], int | None],
+) -> InstanceHeader:
+    """``uids``: SOP Instance, SOP Class, Study Instance, Series Instance."""
+    fields: dict[str, Any] = {field: text(*where) for field, where in _TEXT_FIELDS.items()}
+    fields.update((field, integer(*where)) for field, where in _INTEGER_FIELDS.items())
+    return InstanceHeader(
+        sop_instance_uid=uids[0],
+        sop_class_uid=uids[1],
+        study_instance_uid=uids[2],
+        series_instance_uid=uids[3],
+        transfer_syntax_uid=transfer_syntax,
+        **fields,
+    )
+
+
 def _header_from(dataset: Dataset, transfer_syntax: str, name: str) -> InstanceHeader:
     meta = getattr(dataset, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
         raise RejectedFile(name, "a DICOMDIR is a media directory, not an instance")
     sop_instance_uid = _text(dataset, "SOPInstanceUID")
-    if not sop_instance_uid and meta is not None:
-        sop_instance_uid = ""
     study_uid = _text(dataset, "StudyInstanceUID")
     series_uid = _text(dataset, "SeriesInstanceUID")
     missing = [
@@ -326,27 +366,11 @@ def _header_from(dataset: Dataset, transfer_syntax: str, name: str) -> InstanceH
     sop_class_uid = _text(dataset, "SOPClassUID")
     if not sop_class_uid and meta is not None:
         sop_class_uid = str(meta.get("MediaStorageSOPClassUID", "") or "")
-    return InstanceHeader(
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        transfer_syntax_uid=transfer_syntax,
-        patient_id=_text(dataset, "PatientID"),
-        patient_name=_text(dataset, "PatientName"),
-        patient_birth_date=_text(dataset, "PatientBirthDate"),
-        patient_sex=_text(dataset, "PatientSex"),
-        study_date=_text(dataset, "StudyDate"),
-        study_time=_text(dataset, "StudyTime"),
-        study_description=_text(dataset, "StudyDescription"),
-        accession_number=_text(dataset, "AccessionNumber"),
-        study_id=_text(dataset, "StudyID"),
-        referring_physician=_text(dataset, "ReferringPhysicianName"),
-        modality=_text(dataset, "Modality"),
-        series_description=_text(dataset, "SeriesDescription"),
-        series_number=_int_attr(dataset, "SeriesNumber"),
-        body_part=_text(dataset, "BodyPartExamined"),
-        instance_number=_int_attr(dataset, "InstanceNumber"),
+    return _build_header(
+        (sop_instance_uid, sop_class_uid, study_uid, series_uid),
+        transfer_syntax,
+        lambda keyword, _tag: _text(dataset, keyword),
+        lambda keyword, _tag: _int_attr(dataset, keyword),
     )
 
 
@@ -529,27 +553,11 @@ def _fast_parse(data: bytes) -> InstanceHeader | None:
     if not (sop_instance_uid and study_uid and series_uid):
         return None
     sop_class_uid = text(0x00080016) or meta_values.get(0x00020002, "")
-    return InstanceHeader(
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        transfer_syntax_uid=transfer_syntax,
-        patient_id=text(0x00100020),
-        patient_name=text(0x00100010),
-        patient_birth_date=text(0x00100030),
-        patient_sex=text(0x00100040),
-        study_date=text(0x00080020),
-        study_time=text(0x00080030),
-        study_description=text(0x00081030),
-        accession_number=text(0x00080050),
-        study_id=text(0x00200010),
-        referring_physician=text(0x00080090),
-        modality=text(0x00080060),
-        series_description=text(0x0008103E),
-        series_number=integer(0x00200011),
-        body_part=text(0x00180015),
-        instance_number=integer(0x00200013),
+    return _build_header(
+        (sop_instance_uid, sop_class_uid, study_uid, series_uid),
+        transfer_syntax,
+        lambda _keyword, tag: text(tag),
+        lambda _keyword, tag: integer(tag),
     )
 
 
