@@ -14,14 +14,12 @@ from dicom_archive.archive.store import Archive, open_archive
 from dicom_archive.logs import strip_control
 
 
-def add_archive_option(parser: argparse.ArgumentParser) -> None:
+def add_archive_option(
+    parser: argparse.ArgumentParser,
+    help_text: str = "the archive folder (made by: dicom-archive init --path ARCHIVE)",
+) -> None:
     parser.add_argument(
-        "--archive",
-        "-a",
-        required=True,
-        type=Path,
-        metavar="ARCHIVE",
-        help="the archive folder (made by: dicom-archive init --path ARCHIVE)",
+        "--archive", "-a", required=True, type=Path, metavar="ARCHIVE", help=help_text
     )
 
 

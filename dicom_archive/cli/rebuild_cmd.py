@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from dicom_archive.archive.rebuild import RebuildReport, rebuild_index
-from dicom_archive.cli.common import safe
+from dicom_archive.cli.common import add_archive_option, safe
 from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
 
 #: Lines shown per kind of change unless --verbose.
@@ -27,14 +26,7 @@ def add_parser(subparsers: Any) -> None:
         "daemon and any import first. Exit 0 when every file under data/ is indexed, 1 "
         "when some were skipped (listed with their reason).",
     )
-    parser.add_argument(
-        "--archive",
-        "-a",
-        required=True,
-        type=Path,
-        metavar="ARCHIVE",
-        help="the archive folder (the one holding data/)",
-    )
+    add_archive_option(parser, "the archive folder (the one holding data/)")
     parser.add_argument(
         "--dry-run",
         action="store_true",
