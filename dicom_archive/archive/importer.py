@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,9 @@ class _Staged:
     started: float
     tmp: Path | None = None
     created_final: bool = False
+    #: The temporary copy's inode, noted just before linking: an archived name with
+    #: this inode is this batch's own, whatever instant an interrupt arrived at.
+    tmp_inode: int = 0
 
 
 def transient_reason(exc: OSError) -> str | None:
@@ -129,7 +132,7 @@ class Importer:
         for stale in stale_temporaries(archive):
             _unlink_quietly(stale)
 
-    def import_files(self, sources: Iterable[Path]) -> Iterator[ImportOutcome]:
+    def import_files(self, sources: Iterable[Path]) -> Generator[ImportOutcome, None, None]:
         """Outcomes in source order, a batch at a time.
 
         The next batch is read (parsed, hashed, copied to temporary names) while
@@ -163,6 +166,15 @@ class Importer:
                 _discard(previous[1])
             if thread is not None:
                 thread.shutdown(wait=True, cancel_futures=True)
+
+    def discard_own_temporaries(self) -> None:
+        """Remove every temporary copy this process owns. Only for a process with no
+        other import running (the CLI after Ctrl-C): the reader thread or the pool
+        may have left copies that no outcome will ever claim."""
+        prefix = f"{os.getpid()}-"
+        for entry in self.archive.paths.tmp.glob(f"{prefix}*{TMP_SUFFIX}"):
+            if entry.name[len(prefix) :].split(TMP_SUFFIX)[0].replace(".", "").isdigit():
+                _unlink_quietly(entry)
 
     def import_batch(self, sources: Sequence[Path]) -> list[ImportOutcome]:
         """Import ``sources`` with one group commit; one outcome per source, in order."""
@@ -378,6 +390,7 @@ class Importer:
             assert item.tmp is not None
             final = root / item.relative_path
             try:
+                item.tmp_inode = os.stat(item.tmp).st_ino
                 if not self._link_into_known_folder(item.tmp, final, item.relative_path):
                     make_dirs_durable(root, Path(item.relative_path).parent)
                     linked = link_no_replace(item.tmp, final)
@@ -451,6 +464,7 @@ class Importer:
             if item.created_final and stored.file_path != item.relative_path:
                 _unlink_quietly(self.archive.root / item.relative_path)
             item.created_final = False
+            item.tmp_inode = 0  # the name, if any, now belongs to the indexed row
             same = stored.sha256 == item.sha256
             outcomes[position] = _outcome(
                 item.source,
@@ -469,11 +483,23 @@ class Importer:
         index.add_instances(connection, rows)
 
     def _undo_links(self, staged: dict[int, _Staged]) -> None:
-        """Remove the archived names this batch created when their rows did not commit."""
+        """Remove the archived names this batch created when their rows did not commit.
+
+        By inode, not by flag: Ctrl-C can land between ``os.link`` and the line that
+        records it, and a name holding another file's inode is never ours to remove.
+        """
         for item in staged.values():
-            if item.created_final:
-                _unlink_quietly(self.archive.root / item.relative_path)
-                item.created_final = False
+            if not item.tmp_inode:
+                continue
+            final = self.archive.root / item.relative_path
+            try:
+                ours = os.stat(final).st_ino == item.tmp_inode
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                _unlink_quietly(final)
+            item.created_final = False
+            item.tmp_inode = 0
 
     def _fail_all(
         self, staged: dict[int, _Staged], outcomes: dict[int, ImportOutcome], reason: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -94,21 +95,34 @@ def summary_line(summary: ImportSummary) -> str:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     summary = ImportSummary()
-    with open_from_args(args) as archive:
+    with open_from_args(args) as archive, Importer(archive) as importer:
         files, missing = expand_inputs(list(args.files), args.recursive)
         for path in missing:
             summary.rejected += 1
             print(f"rejected   {safe(path)}: no such file or folder", file=sys.stderr)
         progress = ProgressBar(len(files), "importing")
-        for outcome in Importer(archive).import_files(files):
-            summary.add(outcome)
-            progress.advance()
-            quiet_duplicate = outcome.outcome is Outcome.DUPLICATE and args.skip_duplicates
-            if args.verbose and (outcome.outcome is Outcome.IMPORTED or quiet_duplicate):
-                print(_line(outcome))
-            elif outcome.outcome is not Outcome.IMPORTED and not quiet_duplicate:
-                progress.close()
-                print(_line(outcome), file=sys.stderr)
+        try:
+            # closing(): on Ctrl-C the generator's clean-up (temporaries read ahead)
+            # runs now, not whenever the generator happens to be collected.
+            with contextlib.closing(importer.import_files(files)) as outcomes:
+                for outcome in outcomes:
+                    summary.add(outcome)
+                    progress.advance()
+                    quiet_duplicate = outcome.outcome is Outcome.DUPLICATE and args.skip_duplicates
+                    if args.verbose and (outcome.outcome is Outcome.IMPORTED or quiet_duplicate):
+                        print(_line(outcome))
+                    elif outcome.outcome is not Outcome.IMPORTED and not quiet_duplicate:
+                        progress.close()
+                        print(_line(outcome), file=sys.stderr)
+        except KeyboardInterrupt:
+            # What was committed stays archived: say so, and keep the snapshot in step
+            # (a batch may have committed just before its outcomes reached us).
+            progress.close()
+            importer.discard_own_temporaries()
+            write_snapshot(archive.paths, archive.index)
+            summary.seconds = time.perf_counter() - started
+            print(summary_line(summary) + " (interrupted; run again to import the rest)")
+            raise
         progress.close()
         if summary.imported:
             write_snapshot(archive.paths, archive.index)

@@ -202,3 +202,44 @@ def test_hostile_patient_id_stays_inside_the_archive(
         capsys, "query", "-a", str(archive_path), "--patient-id", "../../etc", "-f", "json"
     )
     assert json.loads(out)[0]["patientID"] == "../../etc"
+
+
+def test_ctrl_c_keeps_what_was_committed_and_says_so(tmp_path: Path) -> None:
+    """An interrupted import exits 130, reports what it archived, leaves a clean archive
+    and a snapshot in step with the index; running it again finishes the job."""
+    import signal
+    import time
+
+    write_studies(
+        tmp_path / "in", StudySpec(patients=40, series_per_study=5, instances_per_series=20)
+    )
+    archive = tmp_path / "archive"
+    command = [sys.executable, "-m", "dicom_archive"]
+    subprocess.run([*command, "init", "-p", str(archive)], check=True, capture_output=True)
+    importing = subprocess.Popen(
+        [*command, "import", str(tmp_path / "in"), "-a", str(archive), "--recursive"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list((archive / "data").glob("*")):
+        time.sleep(0.05)
+    importing.send_signal(signal.SIGINT)
+    out, err = importing.communicate(timeout=60)
+    if importing.returncode == 0:
+        pytest.skip("the import finished before the interrupt arrived")
+    assert importing.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in out + err
+    check = subprocess.run([*command, "check", "-a", str(archive)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    indexed = json.loads((archive / "archive_index.json").read_text())["fileCount"]
+    assert indexed == len(list((archive / "data").rglob("*.dcm")))
+    again = subprocess.run(
+        [*command, "import", str(tmp_path / "in"), "-a", str(archive), "--recursive",
+         "--skip-duplicates"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert len(list((archive / "data").rglob("*.dcm"))) == 4000
