@@ -50,8 +50,12 @@ def safe_component(raw: str) -> str:
 
 
 def patient_component(patient_id: str) -> str:
+    """``UNKNOWN`` for an empty Patient ID; a real ID spelt ``UNKNOWN`` gets a hash
+    suffix, so it never shares the folder of the patients without an ID."""
     if not patient_id.strip():
         return UNKNOWN_PATIENT
+    if patient_id == UNKNOWN_PATIENT:
+        return f"{UNKNOWN_PATIENT}_{_short_hash(patient_id)}"
     return safe_component(patient_id)
 
 

@@ -61,6 +61,11 @@ def test_empty_patient_id_is_unknown() -> None:
     assert patient_component("   ") == "UNKNOWN"
 
 
+def test_a_patient_id_spelt_unknown_does_not_share_the_unknown_folder() -> None:
+    assert patient_component("UNKNOWN").startswith("UNKNOWN_")
+    assert patient_component("UNKNOWN") != patient_component("")
+
+
 def test_hostile_patient_id_stays_inside_the_archive(tmp_path: Path) -> None:
     paths = ArchivePaths(tmp_path)
     relative = relative_instance_path(header(patient_id="../../etc", sop_instance_uid="../x"))
