@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "dicom_archive"]
@@ -133,3 +136,13 @@ def assert_exactly_once(archive: Path, sources: Sequence[Path]) -> None:
     for source in sources:
         copies = by_hash.get(sha256_of(source), [])
         assert len(copies) == 1, f"{source} archived {len(copies)} times"
+
+
+def unprivileged() -> tuple[str, ...]:
+    """Command prefix that makes root obey file permissions (setpriv drops the
+    capabilities that let it ignore them); skips the test where that is impossible."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be denied")
+    return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")

@@ -31,7 +31,7 @@ from tests.reliability.daemon_helpers import (
     start_wrapped,
     wait_all_archived,
 )
-from tests.reliability.helpers import KILLED, sha256_of
+from tests.reliability.helpers import KILLED, sha256_of, unprivileged
 
 
 def mount_tmpfs(mount_point: Path, size: str) -> None:
@@ -142,14 +142,6 @@ def test_disk_full_during_the_index_commit_keeps_the_sources_and_resumes(
     assert_archived_exactly_once(daemon.archive, set(hashes.values()))
 
 
-def _unprivileged() -> tuple[str, ...]:
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permissions cannot be denied")
-    return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
-
-
 def test_permission_denied_on_the_archive_keeps_sources_and_resumes(tmp_path: Path) -> None:
     """data/ not writable by the daemon: "permission denied" logged for each file, the
     sources stay; once the permission is fixed the daemon archives them by itself."""
@@ -158,7 +150,7 @@ def test_permission_denied_on_the_archive_keeps_sources_and_resumes(tmp_path: Pa
     daemon = DaemonProcess(tmp_path)
     try:
         (daemon.archive / "data").chmod(0o555)
-        start_wrapped(daemon, _unprivileged())
+        start_wrapped(daemon, unprivileged())
         drop_all(staging, daemon.incoming, list(hashes), folders=2)
         wait_until(
             lambda: len({e["path"] for e in failures(daemon, "permission denied")}) == 10,

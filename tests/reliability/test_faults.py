@@ -21,7 +21,14 @@ from dicom_archive.archive.importer import import_paths
 from dicom_archive.archive.records import Outcome
 from dicom_archive.archive.store import init_archive, open_archive
 from tests.factory import StudySpec, write_instance, write_studies
-from tests.reliability.helpers import CLI, assert_exactly_once, cli, index_rows, tree_hashes
+from tests.reliability.helpers import (
+    CLI,
+    assert_exactly_once,
+    cli,
+    index_rows,
+    tree_hashes,
+    unprivileged,
+)
 
 
 def check_clean(archive: Path) -> None:
@@ -127,15 +134,6 @@ def shared_tmp() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _unprivileged() -> tuple[str, ...]:
-    """Root ignores file permissions: drop the capabilities that let it (setpriv)."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permissions cannot be denied")
-    return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
-
-
 def test_permission_denied_on_the_archive_keeps_sources_and_resumes(shared_tmp: Path) -> None:
     """data/ not writable: every file fails with "permission denied", nothing is left
     behind; once the permission is fixed the same import succeeds."""
@@ -147,7 +145,7 @@ def test_permission_denied_on_the_archive_keeps_sources_and_resumes(shared_tmp: 
     before = tree_hashes(shared_tmp / "in")
     (archive / "data").chmod(0o555)
 
-    denied = cli("import", shared_tmp / "in", "-a", archive, "--recursive", wrapper=_unprivileged())
+    denied = cli("import", shared_tmp / "in", "-a", archive, "--recursive", wrapper=unprivileged())
     assert denied.returncode == 1
     assert denied.stderr.count("permission denied (source kept; try again)") == 3, denied.stderr
     assert tree_hashes(shared_tmp / "in") == before
@@ -155,9 +153,7 @@ def test_permission_denied_on_the_archive_keeps_sources_and_resumes(shared_tmp: 
     assert list((archive / "tmp").iterdir()) == []
 
     (archive / "data").chmod(0o755)
-    allowed = cli(
-        "import", shared_tmp / "in", "-a", archive, "--recursive", wrapper=_unprivileged()
-    )
+    allowed = cli("import", shared_tmp / "in", "-a", archive, "--recursive", wrapper=unprivileged())
     assert allowed.returncode == 0, allowed.stderr
     assert_exactly_once(archive, sources)
     check_clean(archive)
