@@ -8,6 +8,7 @@ survives a power cut, because a committed row licenses deleting the source.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -15,10 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_archive.archive.dates import normalise_date
 from dicom_archive.archive.records import InstanceHeader
-from dicom_archive.errors import IndexBusy, IndexError_
+from dicom_archive.errors import ArchiveError, IndexBusy, IndexError_
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 
 # Folded (lower-cased) copies of the searchable names sit beside the raw values:
@@ -136,7 +138,46 @@ _SCHEMA_V3 = """
 CREATE INDEX series_stats ON series(modality, study_pk, instance_count, total_bytes);
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+# Patient values belong to each study as its files state them (as Orthanc keeps
+# per-study patient tags): a patient row is one (Patient ID, Patient's Name) pair,
+# so two names under one ID, or studies with no ID, are never merged into whatever
+# name arrived first. Birth date and sex travel with the study. Dates are kept
+# normalised (YYYYMMDD, '' when unusable) beside the raw value.
+# SQLite cannot drop a UNIQUE constraint: the patients table is rebuilt (with
+# foreign keys off, see ``migrate``), then each study's values are restated from
+# one of its own files by ``_restate_study_patients``.
+_SCHEMA_V4 = """
+CREATE TABLE patients_v4 (
+    id              INTEGER PRIMARY KEY,
+    patient_id      TEXT NOT NULL,
+    patient_id_fold TEXT NOT NULL,
+    patient_name    TEXT NOT NULL DEFAULT '',
+    name_fold       TEXT NOT NULL DEFAULT '',
+    UNIQUE (patient_id, patient_name)
+);
+INSERT INTO patients_v4(id, patient_id, patient_id_fold, patient_name, name_fold)
+    SELECT id, patient_id, patient_id_fold, patient_name, name_fold FROM patients;
+ALTER TABLE studies ADD COLUMN patient_birth_date TEXT NOT NULL DEFAULT '';
+ALTER TABLE studies ADD COLUMN patient_sex TEXT NOT NULL DEFAULT '';
+ALTER TABLE studies ADD COLUMN study_date_raw TEXT NOT NULL DEFAULT '';
+UPDATE studies SET
+    patient_birth_date = (SELECT birth_date FROM patients p WHERE p.id = studies.patient_pk),
+    patient_sex = (SELECT sex FROM patients p WHERE p.id = studies.patient_pk),
+    study_date_raw = study_date;
+DROP TABLE patients;
+ALTER TABLE patients_v4 RENAME TO patients;
+CREATE INDEX patients_id_fold ON patients(patient_id_fold);
+CREATE INDEX patients_name_fold ON patients(name_fold);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+#: Migrations that rebuild a table another one references: run with foreign keys off
+#: (SQLite ignores that pragma inside a transaction) and checked before COMMIT.
+_REBUILDS_TABLES = {4}
+
+
+#: A study's date as shown: normalised, or as its files state it when unusable.
+SHOWN_STUDY_DATE = "(CASE st.study_date WHEN '' THEN st.study_date_raw ELSE st.study_date END)"
 
 
 def fold(text: str) -> str:
@@ -240,13 +281,24 @@ class Index:
             )
         if current == SCHEMA_VERSION:
             return
-        with self.write():
-            # Re-read inside the lock: another process may have migrated meanwhile.
-            current = self.schema_version()
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in _split_statements(MIGRATIONS[version]):
-                    self.connection.execute(statement)
-                self.connection.execute(f"PRAGMA user_version = {version}")
+        rebuilds = any(v in _REBUILDS_TABLES for v in range(current + 1, SCHEMA_VERSION + 1))
+        if rebuilds:
+            self.connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self.write():
+                # Re-read inside the lock: another process may have migrated meanwhile.
+                current = self.schema_version()
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in _split_statements(MIGRATIONS[version]):
+                        self.connection.execute(statement)
+                    if version == 4:
+                        _restate_study_patients(self.connection, self.path.parent)
+                    self.connection.execute(f"PRAGMA user_version = {version}")
+                if rebuilds and self.connection.execute("PRAGMA foreign_key_check").fetchone():
+                    raise IndexError_(f"{self.path}: migration left dangling references")
+        finally:
+            if rebuilds:
+                self.connection.execute("PRAGMA foreign_keys = ON")
 
     # -- transactions ----------------------------------------------------
 
@@ -309,20 +361,25 @@ class Index:
         The caller has already excluded SOP Instance UIDs that are indexed.
         """
         imported_at = now_iso()
-        patient_pks: dict[str, int] = {}
+        patient_pks: dict[tuple[str, str], int] = {}
         study_pks: dict[str, int] = {}
         series_pks: dict[str, int] = {}
         series_totals: dict[int, list[int]] = {}
         instance_rows = []
         for row in rows:
             header = row.header
-            patient_pk = patient_pks.get(header.patient_id)
-            if patient_pk is None:
-                patient_pk = _upsert_patient(connection, header)
-                patient_pks[header.patient_id] = patient_pk
             study_pk = study_pks.get(header.study_instance_uid)
             if study_pk is None:
-                study_pk = _upsert_study(connection, header, patient_pk)
+                study_pk = _find_study(connection, header.study_instance_uid)
+                if study_pk is None:
+                    # A new study states its own patient values; a known one keeps
+                    # those of its first file.
+                    patient_key = (header.patient_id, header.patient_name)
+                    patient_pk = patient_pks.get(patient_key)
+                    if patient_pk is None:
+                        patient_pk = _upsert_patient(connection, *patient_key)
+                        patient_pks[patient_key] = patient_pk
+                    study_pk = _insert_study(connection, header, patient_pk)
                 study_pks[header.study_instance_uid] = study_pk
             series_pk = series_pks.get(header.series_instance_uid)
             if series_pk is None:
@@ -407,49 +464,93 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-def _upsert_patient(connection: sqlite3.Connection, header: InstanceHeader) -> int:
+def _upsert_patient(connection: sqlite3.Connection, patient_id: str, patient_name: str) -> int:
     row = connection.execute(
-        "SELECT id FROM patients WHERE patient_id = ?", (header.patient_id,)
+        "SELECT id FROM patients WHERE patient_id = ? AND patient_name = ?",
+        (patient_id, patient_name),
     ).fetchone()
     if row:
         return int(row[0])
     cursor = connection.execute(
-        "INSERT INTO patients(patient_id, patient_id_fold, patient_name, name_fold, "
-        "birth_date, sex) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            header.patient_id,
-            fold(header.patient_id),
-            header.patient_name,
-            fold(header.patient_name),
-            header.patient_birth_date,
-            header.patient_sex,
-        ),
+        "INSERT INTO patients(patient_id, patient_id_fold, patient_name, name_fold) "
+        "VALUES (?, ?, ?, ?)",
+        (patient_id, fold(patient_id), patient_name, fold(patient_name)),
     )
     return int(cursor.lastrowid or 0)
 
 
-def _upsert_study(connection: sqlite3.Connection, header: InstanceHeader, patient_pk: int) -> int:
+def _find_study(connection: sqlite3.Connection, study_instance_uid: str) -> int | None:
     row = connection.execute(
-        "SELECT id FROM studies WHERE study_instance_uid = ?", (header.study_instance_uid,)
+        "SELECT id FROM studies WHERE study_instance_uid = ?", (study_instance_uid,)
     ).fetchone()
-    if row:
-        return int(row[0])
+    return int(row[0]) if row else None
+
+
+def _birth_date(value: str) -> str:
+    # No raw column for it: an unusable value is kept as stated rather than lost.
+    return normalise_date(value) or value.strip()
+
+
+def _insert_study(connection: sqlite3.Connection, header: InstanceHeader, patient_pk: int) -> int:
     cursor = connection.execute(
-        "INSERT INTO studies(study_instance_uid, patient_pk, study_date, study_time, "
-        "description, accession_number, study_id, referring_physician) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO studies(study_instance_uid, patient_pk, study_date, study_date_raw, "
+        "study_time, description, accession_number, study_id, referring_physician, "
+        "patient_birth_date, patient_sex) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             header.study_instance_uid,
             patient_pk,
+            normalise_date(header.study_date),
             header.study_date,
             header.study_time,
             header.study_description,
             header.accession_number,
             header.study_id,
             header.referring_physician,
+            _birth_date(header.patient_birth_date),
+            header.patient_sex,
         ),
     )
     return int(cursor.lastrowid or 0)
+
+
+def _restate_study_patients(connection: sqlite3.Connection, root: Path) -> None:
+    """Give every study the patient values and dates its own first file states.
+
+    Before schema 4 one patient row per Patient ID held the values of whichever
+    file came first, for every study of that ID. One header read per study; a
+    study whose file cannot be read keeps the values it had.
+    """
+    from dicom_archive.archive.dicomfile import read_header  # pydicom only when migrating
+
+    studies = connection.execute(
+        "SELECT st.id, p.patient_id, p.patient_name, st.patient_birth_date, st.patient_sex, "
+        "st.study_date_raw, (SELECT i.file_path FROM series se "
+        "JOIN instances i ON i.series_pk = se.id WHERE se.study_pk = st.id "
+        "ORDER BY i.id LIMIT 1) FROM studies st JOIN patients p ON p.id = st.patient_pk"
+    ).fetchall()
+    for study_pk, patient_id, name, birth, sex, date, file_path in studies:
+        if file_path:
+            try:
+                with open(root / file_path, "rb") as handle:
+                    header = read_header(handle, os.fstat(handle.fileno()).st_size, file_path)
+            except (OSError, ArchiveError):
+                pass
+            else:
+                patient_id, name = header.patient_id, header.patient_name
+                birth, sex, date = header.patient_birth_date, header.patient_sex, header.study_date
+        connection.execute(
+            "UPDATE studies SET patient_pk = ?, patient_birth_date = ?, patient_sex = ?, "
+            "study_date = ?, study_date_raw = ? WHERE id = ?",
+            (
+                _upsert_patient(connection, patient_id, name),
+                _birth_date(birth),
+                sex,
+                normalise_date(date),
+                date,
+                study_pk,
+            ),
+        )
+    _drop_empty_parents(connection)
 
 
 def _upsert_series(connection: sqlite3.Connection, header: InstanceHeader, study_pk: int) -> int:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO
 
-from dicom_archive.archive.index import Index
+from dicom_archive.archive.index import SHOWN_STUDY_DATE, Index
 from dicom_archive.archive.layout import ArchivePaths
 
 SNAPSHOT_VERSION = "1.0"
@@ -25,10 +25,10 @@ _INDENT_LIMIT = 20_000
 # CROSS JOIN fixes the loop order (patients, then their studies, series, instances,
 # each through its index), so rows arrive grouped and in id order with no sort of
 # the whole index; SQLite builds each instance's JSON text itself.
-_ROWS = """
+_ROWS = f"""
 SELECT p.id, st.id, se.id,
        p.patient_name, p.patient_id,
-       st.study_instance_uid, st.study_date, st.description,
+       st.study_instance_uid, {SHOWN_STUDY_DATE}, st.description,
        se.series_instance_uid, se.modality, se.description,
        json_object('sopInstanceUID', i.sop_instance_uid, 'sopClassUID', i.sop_class_uid,
                    'filePath', i.file_path, 'fileSize', i.file_size,

@@ -1,4 +1,5 @@
-"""Archive totals, served from per-series counters (no scan of the instances)."""
+"""Archive totals, served from per-series counters (no scan of the instances), and the
+patient-identity findings a person should look at."""
 
 from __future__ import annotations
 
@@ -18,6 +19,33 @@ class ModalityStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PatientNames:
+    """One Patient ID whose studies state different Patient's Names: a typo, a name
+    change, or two patients sharing an ID (IDs are unique only within their issuer)."""
+
+    patient_id: str
+    names: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"patientID": self.patient_id, "names": list(self.names)}
+
+
+def patient_ids_with_several_names(index: Index) -> list[PatientNames]:
+    """A finding for people, not an error: every study keeps the name its files state.
+
+    Patients are (Patient ID, name) pairs, so an ID with two rows has two names;
+    studies without a Patient ID are not one patient and are left out."""
+    found: dict[str, list[str]] = {}
+    for patient_id, name in index.connection.execute(
+        "SELECT patient_id, patient_name FROM patients WHERE patient_id IN "
+        "(SELECT patient_id FROM patients WHERE patient_id != '' "
+        "GROUP BY patient_id HAVING COUNT(*) > 1) ORDER BY patient_id, patient_name"
+    ):
+        found.setdefault(patient_id, []).append(name)
+    return [PatientNames(pid, tuple(names)) for pid, names in found.items()]
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveStats:
     patients: int
     studies: int
@@ -29,6 +57,8 @@ class ArchiveStats:
     first_import: str
     last_import: str
     modalities: tuple[ModalityStats, ...] = field(default=())
+    studies_without_patient_id: int = 0
+    patient_ids_with_several_names: tuple[PatientNames, ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +78,10 @@ class ArchiveStats:
                     "bytes": m.bytes,
                 }
                 for m in self.modalities
+            ],
+            "studiesWithoutPatientID": self.studies_without_patient_id,
+            "patientIDsWithSeveralNames": [
+                p.as_json() for p in self.patient_ids_with_several_names
             ],
         }
 
@@ -72,6 +106,11 @@ def archive_stats(index: Index) -> ArchiveStats:
         last_date = db.execute("SELECT MAX(study_date) FROM studies").fetchone()[0]
         first_import = db.execute("SELECT MIN(imported_at) FROM instances").fetchone()[0]
         last_import = db.execute("SELECT MAX(imported_at) FROM instances").fetchone()[0]
+        without_id = db.execute(
+            "SELECT COUNT(*) FROM patients p JOIN studies st ON st.patient_pk = p.id "
+            "WHERE p.patient_id = ''"
+        ).fetchone()[0]
+        several_names = tuple(patient_ids_with_several_names(index))
     return ArchiveStats(
         patients=patients,
         studies=studies,
@@ -83,4 +122,6 @@ def archive_stats(index: Index) -> ArchiveStats:
         first_import=first_import or "",
         last_import=last_import or "",
         modalities=tuple(sorted(modalities, key=lambda m: (-m.instances, m.modality))),
+        studies_without_patient_id=without_id,
+        patient_ids_with_several_names=several_names,
     )

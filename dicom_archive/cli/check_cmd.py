@@ -11,8 +11,15 @@ from dicom_archive.archive.index import now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
 from dicom_archive.archive.records import CheckReport, FindingKind
 from dicom_archive.archive.repair import Action, RepairPlan, apply_repair, plan_repair
+from dicom_archive.archive.stats import patient_ids_with_several_names
 from dicom_archive.archive.store import Archive
-from dicom_archive.cli.common import ProgressBar, add_archive_option, open_from_args, safe
+from dicom_archive.cli.common import (
+    ProgressBar,
+    add_archive_option,
+    open_from_args,
+    print_several_names,
+    safe,
+)
 from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
 
 LABELS = {
@@ -93,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
         report = check_archive(archive, verify_files=args.verify_files, on_progress=on_progress)
         progress.close()
         record_check(archive.index, report, started_at)
+        several_names = patient_ids_with_several_names(archive.index)
         if args.repair and not report.clean:
             return _repair(archive, report, args)
     if args.format == "json":
-        print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
+        document = report_json(report)
+        document["patientIDsWithSeveralNames"] = [p.as_json() for p in several_names]
+        print(json.dumps(document, ensure_ascii=False, indent=2))
         return EXIT_OK if report.clean else EXIT_PROBLEMS
     if args.verbose:
         for finding in report.findings:
@@ -109,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         f"{' and verified' if args.verify_files else ''} in {report.seconds:.1f} s: "
         + ", ".join(f"{counts[k.value]} {LABELS[k]}" for k in kinds)
     )
+    # A note for people, not a problem: each study keeps the name its files state.
+    print_several_names(several_names)
     if report.clean:
         print("The archive is clean.")
         return EXIT_OK

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from dicom_archive.archive.stats import PatientNames
 from dicom_archive.archive.store import Archive, open_archive
 from dicom_archive.logs import strip_control
 
@@ -88,3 +89,13 @@ class ProgressBar:
         if self.enabled:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
+
+
+def print_several_names(findings: Sequence[PatientNames]) -> None:
+    """Patient IDs whose studies state different names: shown, not counted as errors."""
+    if not findings:
+        return
+    print(f"Patient IDs with different names: {len(findings)} (each study keeps its own)")
+    for finding in findings:
+        names = ", ".join(repr(name) for name in finding.names)
+        print(safe(f"  {finding.patient_id}: {names}"))

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from dicom_archive.archive.index import Index
+from dicom_archive.archive.index import SHOWN_STUDY_DATE, Index
 from dicom_archive.archive.snapshot import write_json_document
 from dicom_archive.cli.common import (
     add_archive_option,
@@ -17,9 +17,9 @@ from dicom_archive.cli.common import (
     safe,
 )
 
-_SERIES_ROWS = """
+_SERIES_ROWS = f"""
 SELECT p.id, p.patient_name, p.patient_id,
-       st.id, st.study_instance_uid, st.study_date, st.description,
+       st.id, st.study_instance_uid, {SHOWN_STUDY_DATE}, st.description,
        se.id, se.series_instance_uid, se.modality, se.series_number, se.description,
        se.instance_count, se.total_bytes,
        (SELECT COUNT(*) FROM studies s2 WHERE s2.patient_pk = p.id),

@@ -11,6 +11,7 @@ from dicom_archive.cli.common import (
     add_archive_option,
     human_bytes,
     open_from_args,
+    print_several_names,
     render_table,
 )
 
@@ -20,7 +21,8 @@ def add_parser(subparsers: Any) -> None:
         "stats",
         help="show totals and a per-modality breakdown",
         description="Patients, studies, series, instances, total size, a breakdown per "
-        "modality, the study-date range and the first and last import.",
+        "modality, the study-date range and the first and last import, and Patient IDs "
+        "whose studies state different names.",
     )
     add_archive_option(parser)
     parser.add_argument(
@@ -44,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"Study dates: {stats.first_study_date} to {stats.last_study_date}")
     if stats.first_import:
         print(f"Imports:     first {stats.first_import}, last {stats.last_import}")
+    if stats.studies_without_patient_id:
+        print(f"Studies without a Patient ID: {stats.studies_without_patient_id}")
+    print_several_names(stats.patient_ids_with_several_names)
     if stats.modalities:
         print()
         print(

@@ -147,12 +147,23 @@ def test_stats_are_served_by_a_covering_index(archive: Archive) -> None:
 
 
 def test_an_older_index_is_migrated_on_open(archive: Archive) -> None:
-    from dicom_archive.archive.index import SCHEMA_VERSION
+    """An empty index of schema 2 gains every later migration when opened."""
+    import sqlite3
+
+    from dicom_archive.archive.index import MIGRATIONS, SCHEMA_VERSION
     from dicom_archive.archive.store import open_archive
 
-    with archive.index.write() as db:
-        db.execute("DROP INDEX series_stats")
-        db.execute("PRAGMA user_version = 2")
+    path = archive.paths.index
+    archive.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    old = sqlite3.connect(path, isolation_level=None)
+    for version in (1, 2):
+        for statement in MIGRATIONS[version].split(";"):
+            if statement.strip():
+                old.execute(statement)
+    old.execute("PRAGMA user_version = 2")
+    old.close()
     with open_archive(archive.root) as reopened:
         assert reopened.index.schema_version() == SCHEMA_VERSION
         names = {r[0] for r in reopened.index.connection.execute("SELECT name FROM sqlite_master")}
