@@ -8,13 +8,17 @@ it is all there.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from dicom_archive.archive.records import InstanceHeader
@@ -598,3 +602,124 @@ def _value(found: dict[int, tuple[str, bytes]], tag: int, encoding: str) -> str:
         raise _NotFast  # ideographic/phonetic groups
     text = raw.decode(encoding if vr in _TEXT_VRS else "latin_1")
     return text.strip(" \x00")
+
+
+# -- reading a whole file for comparison -------------------------------------------
+#
+# A conflict (same SOP Instance UID, different bytes) is explained by comparing the
+# two files. Their headers are read as pydicom reads them; the elements from Pixel
+# Data on are only walked, their values streamed through SHA-256 and never held.
+
+
+@dataclass(frozen=True, slots=True)
+class ComparableFile:
+    """One file read for comparison with another."""
+
+    #: Every element before Pixel Data, with ``file_meta``.
+    dataset: Dataset
+    transfer_syntax: str
+    #: The 128 bytes before ``DICM`` (empty for a file without them).
+    preamble: bytes
+    #: tag -> (value length, SHA-256) of each top-level element from Pixel Data on.
+    tail: dict[int, tuple[int, str]]
+
+
+#: The tail key for bytes after the last element that do not make an element.
+TRAILING = 0xFFFFFFFF
+
+
+def read_for_comparison(path: Path) -> ComparableFile:
+    """Read ``path`` for comparison; raises ``RejectedFile`` or ``OSError``.
+
+    Memory holds the header, never the pixel values, except for a deflated file,
+    which (as when it was imported) is inflated whole.
+    """
+    name = str(path)
+    with open(path, "rb") as fp:
+        file_size = os.fstat(fp.fileno()).st_size
+        head = fp.read(132)
+        fp.seek(0)
+        force = head[128:132] != b"DICM"
+        if force and not _looks_like_raw_dataset(head):
+            raise RejectedFile(name, "not a DICOM file (no DICM prefix)")
+        dataset = _parse(fp, name, force)
+        transfer_syntax = _transfer_syntax(dataset)
+        preamble = b"" if force else head[:128]
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            fp.seek(0)
+            dataset, tail = _deflated_tail(fp, name, force)
+        else:
+            tail = _tail_digests(fp, fp.tell(), file_size, transfer_syntax, name)
+    return ComparableFile(dataset, transfer_syntax, preamble, tail)
+
+
+def _tail_digests(
+    fp: IO[bytes], offset: int, file_size: int, transfer_syntax: str, name: str
+) -> dict[int, tuple[int, str]]:
+    endian = "<" if transfer_syntax != EXPLICIT_VR_BIG_ENDIAN else ">"
+    tail: dict[int, tuple[int, str]] = {}
+    position = offset
+    while position < file_size:
+        try:
+            found = _element_header(fp, position, endian, name)
+        except RejectedFile:
+            found = None
+        if found is None:
+            # Bytes too few for an element header: kept as one value under TRAILING.
+            tail[TRAILING] = (file_size - position, _digest(fp, position, file_size))
+            break
+        tag, length, value_start = found
+        value_end: int | None = None
+        if length != _UNDEFINED:
+            value_end = next_position = value_start + length
+        elif tag in _PIXEL_TAGS:
+            try:
+                next_position = _fragments_end(fp, value_start, file_size, name)
+                value_end = next_position - 8  # without the delimiter, as pydicom reads it
+            except RejectedFile:
+                pass
+        if value_end is None or value_end > file_size:
+            # Unwalkable (a sequence after the pixels, corrupt fragments, cut short):
+            # the rest of the file, as one value of this element.
+            tail[tag] = (file_size - value_start, _digest(fp, value_start, file_size))
+            break
+        tail[tag] = (value_end - value_start, _digest(fp, value_start, value_end))
+        position = next_position
+    return tail
+
+
+def _digest(fp: IO[bytes], start: int, end: int) -> str:
+    digest = hashlib.sha256()
+    fp.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = fp.read(min(left, 1024 * 1024))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.hexdigest()
+
+
+def _deflated_tail(
+    fp: IO[bytes], name: str, force: bool
+) -> tuple[Dataset, dict[int, tuple[int, str]]]:
+    """A deflated file read whole; its elements from Pixel Data on moved into the tail."""
+    import pydicom
+
+    with _pydicom_complaints():
+        try:
+            dataset = pydicom.dcmread(fp, force=force)
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise RejectedFile(name, f"unreadable DICOM: {_one_line(str(exc))}") from exc
+    tail: dict[int, tuple[int, str]] = {}
+    tags = list(dataset.keys())  # iterating a Dataset gives elements, not tags
+    pixels = [tag for tag in tags if int(tag) in _PIXEL_TAGS]
+    for tag in [t for t in tags if pixels and t >= min(pixels)]:
+        raw: Any = dataset.get_item(tag)
+        value = getattr(raw, "value", None)
+        if not isinstance(value, bytes):
+            value = b""  # a sequence after the pixels: compared no further
+        tail[int(tag)] = (len(value), hashlib.sha256(value).hexdigest())
+        del dataset[tag]
+    return dataset, tail

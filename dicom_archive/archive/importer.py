@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_archive.archive.conflicts import diff_files
 from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.fsutil import link_no_replace, make_dirs_durable, syncfs
@@ -286,9 +287,19 @@ class Importer:
                 if item.tmp is not None:
                     _unlink_quietly(item.tmp)
         return [
-            dataclasses.replace(outcomes[i], source_signature=signatures.get(source))
+            self._explained(
+                dataclasses.replace(outcomes[i], source_signature=signatures.get(source))
+            )
             for i, source in enumerate(batch)
         ]
+
+    def _explained(self, outcome: ImportOutcome) -> ImportOutcome:
+        """A conflict, with what differs from the archived file. Conflicts are rare, so
+        both files are read again here, after the batch, off every other file's path."""
+        if outcome.outcome is not Outcome.CONFLICT:
+            return outcome
+        diff = diff_files(self.archive.root / outcome.archived_path, outcome.source)
+        return dataclasses.replace(outcome, conflict=diff)
 
     def _classify(
         self,

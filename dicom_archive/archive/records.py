@@ -54,6 +54,57 @@ class SourceSignature:
 
 
 @dataclass(frozen=True, slots=True)
+class AttributeDifference:
+    """One attribute that differs between an archived file and a conflicting one.
+
+    Values are display text, already truncated and with control characters escaped
+    (they come from files); None where the attribute is absent. Binary values and
+    sequences are described (``<256 bytes>``, ``<3 items>``), not shown.
+    """
+
+    #: The attribute keyword, a path into a sequence (``ReferencedImageSequence[0].
+    #: ReferencedSOPInstanceUID``), or the tag ``(0009,1001)`` when it has none.
+    keyword: str
+    tag: int
+    vr: str
+    archived: str | None
+    incoming: str | None
+
+    @property
+    def tag_text(self) -> str:
+        return f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictDiff:
+    """What differs between the archived file and a conflicting incoming one."""
+
+    #: The first differing attributes, dataset before file meta, in tag order.
+    differences: tuple[AttributeDifference, ...] = ()
+    #: How many attributes differ, including those past the limit.
+    total: int = 0
+    archived_transfer_syntax: str = ""
+    incoming_transfer_syntax: str = ""
+    #: Pixel Data byte counts (as stored, compressed or not); None where absent.
+    archived_pixel_bytes: int | None = None
+    incoming_pixel_bytes: int | None = None
+    pixel_data_differs: bool = False
+    #: The 128-byte preamble before ``DICM`` differs.
+    preamble_differs: bool = False
+    #: Why no diff could be made (a file unreadable, gone); empty when it was made.
+    unavailable: str = ""
+
+    @property
+    def transfer_syntax_differs(self) -> bool:
+        return self.archived_transfer_syntax != self.incoming_transfer_syntax
+
+    @property
+    def omitted(self) -> int:
+        """Differing attributes found but not listed (past the limit)."""
+        return self.total - len(self.differences)
+
+
+@dataclass(frozen=True, slots=True)
 class ImportOutcome:
     """The one outcome of one input file."""
 
@@ -66,6 +117,8 @@ class ImportOutcome:
     reason: str = ""
     ms: float = 0.0
     source_signature: SourceSignature | None = None
+    #: For a conflict: what differs from the archived file (None otherwise).
+    conflict: ConflictDiff | None = None
 
     @property
     def durable_in_archive(self) -> bool:

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dicom_archive.archive.index import now_iso
@@ -74,9 +74,21 @@ def move_no_replace(source: Path, destination: Path) -> None:
 
 
 def write_reason(
-    destination: Path, *, outcome: str, reason: str, source: Path, sop_instance_uid: str = ""
+    destination: Path,
+    *,
+    outcome: str,
+    reason: str,
+    source: Path,
+    sop_instance_uid: str = "",
+    differs: str = "",
+    differences: Sequence[str] = (),
 ) -> Path:
-    """The sidecar ``NAME.reason.txt`` saying why and when, written atomically."""
+    """The sidecar ``NAME.reason.txt`` saying why and when, written atomically.
+
+    For a conflict, ``differs`` is the one-line summary of what differs from the
+    archived file and ``differences`` its long form, one line each, indented under
+    ``differences:``.
+    """
     sidecar = Path(str(destination) + REASON_SUFFIX)
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -87,6 +99,11 @@ def write_reason(
     ]
     if sop_instance_uid:
         lines.append(f"sop_instance_uid: {strip_control(sop_instance_uid)}")
+    if differs:
+        lines.append(f"differs: {strip_control(differs.removeprefix('differs: '))}")
+    if differences:
+        lines.append("differences:")
+        lines.extend(f"  {strip_control(line)}" for line in differences)
     partial = sidecar.with_name(f".{sidecar.name}.tmp")
     with open(partial, "w", encoding="utf-8", errors="replace") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ group commit for many files. Only after that commit does anything happen to the
 sources, and a source is removed only if it still is the file that was read.
 
 - imported / identical duplicate: removed (or moved to the processed folder);
-- conflict / rejected: moved to the rejected folder with ``NAME.reason.txt``;
+- conflict / rejected: moved to the rejected folder with ``NAME.reason.txt`` (for a
+  conflict, what differs from the archived file);
 - truncated or empty: looked at again with back-off until ``max_age``, then set aside;
 - transient failure: left in place and retried with back-off, never deleted;
 - symlink: never followed, the link itself set aside; FIFO/device: skipped.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from structlog.contextvars import bound_contextvars
 
+from dicom_archive.archive import conflicts
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.importer import Importer
 from dicom_archive.archive.index import BUSY_TIMEOUT_MS, Index, now_iso
@@ -249,11 +251,25 @@ class Worker(threading.Thread):
                 return
             reason = f"still incomplete after {_duration(config.max_age)}: {reason}"
             kind = "quarantined"
-        destination = self._set_aside(path, config, kind, reason, outcome.sop_instance_uid)
+        differs = ""  # for a conflict: what differs from the archived file
+        details: list[str] = []
+        if outcome.outcome is Outcome.CONFLICT and outcome.conflict is not None:
+            differs = conflicts.summary(outcome.conflict)
+            details = conflicts.detail_lines(outcome.conflict)
+            fields["differs"] = differs.removeprefix("differs: ")
+        destination = self._set_aside(
+            path,
+            config,
+            kind,
+            reason,
+            outcome.sop_instance_uid,
+            differs=differs,
+            details=details,
+        )
         touched.add(path.parent)
         rt.counters.add(outcome.outcome)
         log.warning(kind, reason=reason, moved_to=str(destination), **fields)
-        self._error(kind, job.path, reason)
+        self._error(kind, job.path, f"{reason}; {differs}" if differs else reason)
         rt.queue.done(job.path, config.settle_time)
 
     def _dispose(self, path: Path, config: DaemonConfig) -> None:
@@ -264,13 +280,29 @@ class Worker(threading.Thread):
             os.unlink(path)
 
     def _set_aside(
-        self, path: Path, config: DaemonConfig, kind: str, reason: str, sop: str = ""
+        self,
+        path: Path,
+        config: DaemonConfig,
+        kind: str,
+        reason: str,
+        sop: str = "",
+        *,
+        differs: str = "",
+        details: Sequence[str] = (),
     ) -> Path:
         relative = relative_to(path, config.incoming)
         destination = free_destination(config.rejected, relative)
         # The reason first: a crash between the two leaves the source in incoming (it
         # is looked at again), never a rejected file nobody can explain.
-        write_reason(destination, outcome=kind, reason=reason, source=path, sop_instance_uid=sop)
+        write_reason(
+            destination,
+            outcome=kind,
+            reason=reason,
+            source=path,
+            sop_instance_uid=sop,
+            differs=differs,
+            differences=details,
+        )
         move_no_replace(path, destination)
         crash_point("source-removed")
         fsync_dir(destination.parent)

@@ -98,6 +98,109 @@ def test_import_verbose_and_conflict(
     assert code == 1 and "conflict" in err and "data/" in err and "b.dcm" in err
 
 
+def conflicting_pair(tmp_path: Path, **changes: object) -> tuple[Path, Path]:
+    """Two files of one instance that differ by ``changes``."""
+    ds = make_instance()
+    first = write_dataset(ds, tmp_path / "a.dcm")
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return first, write_dataset(ds, tmp_path / "b.dcm")
+
+
+def test_conflict_line_says_what_differs(
+    archive_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = conflicting_pair(
+        tmp_path,
+        PatientName="Changed",
+        StudyDate="20240116",
+        StudyTime="000000",
+        AccessionNumber="ACC999",
+        StudyDescription="CT CHEST",
+    )
+    run(capsys, "import", str(first), "-a", str(archive_path))
+    code, _, err = run(capsys, "import", str(second), "-a", str(archive_path))
+    assert code == 1
+    [line] = err.splitlines()
+    assert line.startswith("conflict   ") and "b.dcm: SOP Instance UID " in line
+    assert line.endswith(
+        "with different bytes at data/PAT-001/"
+        + line.split("data/PAT-001/")[1].split(";")[0]
+        + "; differs: StudyDate ('20240115' vs '20240116'), StudyTime ('101500' vs '000000'), "
+        "AccessionNumber ('ACC001' vs 'ACC999'), +2 more"
+    )
+    code, _, err = run(capsys, "import", str(second), "-a", str(archive_path), "--verbose")
+    lines = err.splitlines()
+    assert lines[0].startswith("conflict   ")
+    assert lines[1:] == [
+        "    StudyDate (0008,0020): '20240115' vs '20240116'",
+        "    StudyTime (0008,0030): '101500' vs '000000'",
+        "    AccessionNumber (0008,0050): 'ACC001' vs 'ACC999'",
+        "    StudyDescription (0008,1030): 'CT HEAD' vs 'CT CHEST'",
+        "    PatientName (0010,0010): 'Müller^Jörg' vs 'Changed'",
+    ]
+
+
+def test_hostile_values_in_a_conflict_cannot_drive_the_terminal(
+    archive_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = conflicting_pair(tmp_path, PatientName="\x1b[2J\x1b]0;owned\x07EVIL")
+    run(capsys, "import", str(first), "-a", str(archive_path))
+    code, _, err = run(capsys, "import", str(second), "-a", str(archive_path), "--verbose")
+    assert code == 1 and "\x1b" not in err and "\x07" not in err
+    assert "'Müller^Jörg' vs '\\x1b[2J\\x1b]0;owned\\x07EVIL'" in err
+
+
+def test_import_json_gives_one_object_per_outcome_with_the_diff(
+    archive_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = conflicting_pair(tmp_path, PatientName="Changed\x1b[31m")
+    code, out, err = run(capsys, "import", str(first), "-a", str(archive_path), "-f", "json")
+    assert code == 0 and err == ""
+    imported, summary = (json.loads(line) for line in out.splitlines())
+    assert imported["outcome"] == "imported" and imported["archivedPath"].startswith("data/")
+    assert "conflict" not in imported
+    assert summary["summary"]["imported"] == 1 and summary["summary"]["interrupted"] is False
+    missing = tmp_path / "missing.dcm"
+    code, out, err = run(
+        capsys, "import", str(second), str(missing), "-a", str(archive_path), "--format", "json"
+    )
+    assert code == 1 and err == ""
+    gone, conflict, summary = (json.loads(line) for line in out.splitlines())
+    assert gone == {
+        "outcome": "rejected",
+        "source": str(missing),
+        "sopInstanceUID": None,
+        "archivedPath": None,
+        "size": 0,
+        "reason": "no such file or folder",
+    }
+    assert conflict["outcome"] == "conflict" and conflict["source"] == str(second)
+    assert conflict["archivedPath"] == imported["archivedPath"]
+    assert conflict["conflict"]["differences"] == [
+        {
+            "keyword": "PatientName",
+            "tag": "(0010,0010)",
+            "vr": "PN",
+            "archived": "Müller^Jörg",
+            "incoming": "Changed\\x1b[31m",
+        }
+    ]
+    assert conflict["conflict"]["total"] == 1
+    assert conflict["conflict"]["pixelDataDiffers"] is False
+    assert conflict["conflict"]["transferSyntaxDiffers"] is False
+    assert conflict["conflict"]["unavailable"] is None
+    assert summary["summary"]["conflicts"] == 1 and summary["summary"]["rejected"] == 1
+
+
+def test_import_json_escapes_what_a_terminal_would_act_on() -> None:
+    from dicom_archive.cli.import_cmd import json_line
+
+    text = json_line({"source": "in/\x9b31m\u202ex.dcm\n"})
+    assert not any(ch in text for ch in "\x9b\u202e\n")
+    assert json.loads(text) == {"source": "in/\x9b31m\u202ex.dcm\n"}
+
+
 def test_import_of_a_folder_is_not_recursive_by_default(
     archive_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,12 @@ import socket
 from pathlib import Path
 
 from dicom_archive.daemon.notify import Notifier
-from dicom_archive.daemon.places import free_destination, is_ignored, move_no_replace
+from dicom_archive.daemon.places import (
+    free_destination,
+    is_ignored,
+    move_no_replace,
+    write_reason,
+)
 
 
 def test_notifier_sends_datagrams_and_reads_the_watchdog_interval(tmp_path: Path) -> None:
@@ -51,3 +56,27 @@ def test_moves_never_overwrite(tmp_path: Path) -> None:
     move_no_replace(tmp_path / "x.dcm", destination)
     assert (tmp_path / "rej" / "x.dcm").read_text() == "old"
     assert destination.read_text() == "new"
+
+
+def test_a_conflict_reason_file_lists_what_differs(tmp_path: Path) -> None:
+    """The summary on a ``differs:`` line, then one difference a line; nothing raw."""
+    sidecar = write_reason(
+        tmp_path / "x.dcm",
+        outcome="conflict",
+        reason="SOP Instance UID 1.2.3 already archived with different bytes at data/a.dcm",
+        source=tmp_path / "in" / "x.dcm",
+        sop_instance_uid="1.2.3",
+        differs="differs: PatientName ('A' vs 'B'), +1 more",
+        differences=[
+            "PatientName (0010,0010): 'A' vs 'B'",
+            "StudyDate (0008,0020): '1' vs '2\x1b'",
+        ],
+    )
+    lines = sidecar.read_text().splitlines()
+    assert lines[0] == "outcome: conflict"
+    assert lines[-4:] == [
+        "differs: PatientName ('A' vs 'B'), +1 more",
+        "differences:",
+        "  PatientName (0010,0010): 'A' vs 'B'",
+        "  StudyDate (0008,0020): '1' vs '2?'",
+    ]

@@ -161,7 +161,7 @@ def test_bad_files_are_set_aside_with_reasons(daemon: DaemonProcess, tmp_path: P
     (daemon.incoming / "sub").mkdir()
     (daemon.incoming / "sub" / "notes.txt").write_text("not DICOM")
     shutil.copy(daemon.root / "archive" / daemon.archived_path_of(0), daemon.incoming / "same.dcm")
-    changed = make_instance(SOPInstanceUID=original.SOPInstanceUID, PatientID="OTHER")
+    changed = make_instance(SOPInstanceUID=original.SOPInstanceUID, PatientID="OTHER\x1b[2J")
     write_dataset(changed, daemon.incoming / "conflict.dcm")
     target = tmp_path / "target.dcm"
     write_instance(target)
@@ -179,7 +179,12 @@ def test_bad_files_are_set_aside_with_reasons(daemon: DaemonProcess, tmp_path: P
     rejected = {p.relative_to(daemon.rejected).as_posix(): p for p in daemon.rejected_files()}
     assert set(rejected) == {"sub/notes.txt", "conflict.dcm", "link.dcm"}
     assert "not a DICOM file" in daemon.reason_of(rejected["sub/notes.txt"])
-    assert "different bytes" in daemon.reason_of(rejected["conflict.dcm"])
+    conflict = daemon.reason_of(rejected["conflict.dcm"])
+    assert "different bytes" in conflict
+    # What differs: the one-line summary, then one attribute a line.
+    assert "\ndiffers: PatientID ('PAT-001' vs 'OTHER\\x1b[2J'), StudyInstanceUID (" in conflict
+    assert "\ndifferences:\n  PatientID (0010,0020): 'PAT-001' vs 'OTHER\\x1b[2J'\n" in conflict
+    assert "\x1b" not in conflict
     assert "symbolic link" in daemon.reason_of(rejected["link.dcm"])
     assert rejected["link.dcm"].is_symlink() and target.exists()
     result = cli("status", "--archive", daemon.archive, "--format", "json")
@@ -195,6 +200,8 @@ def test_bad_files_are_set_aside_with_reasons(daemon: DaemonProcess, tmp_path: P
         "failed": 0,
     }, since
     assert status["errors"]
+    [error] = [e for e in status["errors"] if e["kind"] == "conflict"]
+    assert "; differs: PatientID ('PAT-001' vs 'OTHER\\x1b[2J')" in error["message"]
     assert daemon.stop() == 0
     text = cli("status", "--archive", daemon.archive)
     assert text.returncode == 1 and "not running" in text.stdout
