@@ -18,16 +18,23 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_archive_imports_neither_daemon_nor_cli() -> None:
-    offenders = {
+def _offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {
         str(path.relative_to(PACKAGE)): sorted(
-            m
-            for m in imported_modules(path)
-            if m.startswith(("dicom_archive.daemon", "dicom_archive.cli"))
+            m for m in imported_modules(path) if m.startswith(forbidden)
         )
-        for path in (PACKAGE / "archive").rglob("*.py")
+        for path in (PACKAGE / folder).rglob("*.py")
     }
-    assert {k: v for k, v in offenders.items() if v} == {}
+    return {k: v for k, v in found.items() if v}
+
+
+def test_archive_imports_neither_daemon_nor_cli() -> None:
+    faces = ("dicom_archive.daemon", "dicom_archive.cli", "dicom_archive.network")
+    assert _offenders("archive", faces) == {}
+
+
+def test_the_network_face_uses_the_archive_and_never_the_daemon_or_cli() -> None:
+    assert _offenders("network", ("dicom_archive.daemon", "dicom_archive.cli")) == {}
 
 
 def test_archive_never_prints() -> None:

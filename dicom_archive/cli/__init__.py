@@ -21,6 +21,7 @@ from dicom_archive.cli import (
     import_cmd,
     init_cmd,
     list_cmd,
+    listen_cmd,
     query_cmd,
     rebuild_cmd,
     stats_cmd,
@@ -39,6 +40,7 @@ COMMANDS = [
     rebuild_cmd,
     daemon_cmd,
     status_cmd,
+    listen_cmd,
 ]
 EXIT_INTERRUPTED = 130
 
