@@ -142,3 +142,14 @@ def charset_file(name: str) -> Path:
     if not matches:
         raise FileNotFoundError(name)
     return matches[0]
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A Part 10 file's data set after its File Meta Information: what travels on the
+    network (the meta is written anew by every receiver)."""
+    import pydicom.filereader
+
+    with open(path, "rb") as handle:
+        pydicom.filereader.read_preamble(handle, False)
+        pydicom.filereader._read_file_meta_info(handle)
+        return handle.read()

@@ -24,6 +24,7 @@ from dicom_archive.cli import (
     listen_cmd,
     query_cmd,
     rebuild_cmd,
+    send_cmd,
     stats_cmd,
     status_cmd,
 )
@@ -41,6 +42,7 @@ COMMANDS = [
     daemon_cmd,
     status_cmd,
     listen_cmd,
+    send_cmd,
 ]
 EXIT_INTERRUPTED = 130
 

@@ -280,3 +280,41 @@ def _returned(keyword: str, value: Any) -> Any:
     if keyword == "ModalitiesInStudy":
         return sorted(str(value).split(","))
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """One archived instance to send as stored."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    file_path: str
+
+
+def retrieve_targets(index: Index, request: FindRequest) -> list[StoredFile]:
+    """The instances a C-GET or C-MOVE identifier names, in series and instance order.
+
+    The unique key of the retrieve level must be given (a single UID or a list, PS3.4
+    C.4.2.2.1), so an empty identifier never sends the whole archive."""
+    unique = UNIQUE_KEYS[request.level]
+    if not request.criteria.get(unique, "").strip(" \x00"):
+        raise InvalidQuery(f"a {request.level.name} retrieve must name its {unique}")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for keyword, value in request.criteria.items():
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is None or attribute.level > request.level or not value.strip(" \x00"):
+            continue
+        if attribute.kind not in (Kind.UID, Kind.TEXT) or keyword != UNIQUE_KEYS[attribute.level]:
+            continue  # retrieves match on unique keys only
+        clause, values = _condition(attribute, value, Level.IMAGE)
+        clauses.append(clause)
+        params.extend(values)
+    sql = (
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path "
+        f"FROM {_FROM[Level.IMAGE]} WHERE {' AND '.join(clauses)} ORDER BY {_ORDER[Level.IMAGE]}"
+    )
+    _register_fold(index.connection)
+    with index.read() as db:
+        return [StoredFile(*row) for row in db.execute(sql, params)]

@@ -9,6 +9,7 @@ connection to the index. Every association and every refusal is a log event.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -29,7 +34,14 @@ from dicom_archive.archive.records import Outcome
 from dicom_archive.archive.store import open_archive
 from dicom_archive.errors import ArchiveError, InvalidQuery
 from dicom_archive.logs import strip_control
-from dicom_archive.network.matching import RESPONSE_CHARSET, FindRequest, Level, find
+from dicom_archive.network.matching import (
+    RESPONSE_CHARSET,
+    FindRequest,
+    Level,
+    StoredFile,
+    find,
+    retrieve_targets,
+)
 from dicom_archive.network.settings import DicomSettings
 from dicom_archive.network.storing import StoreCommitter
 
@@ -69,11 +81,21 @@ STATUS_FIND_BAD_IDENTIFIER = 0xC000
 STATUS_FIND_OUT_OF_RESOURCES = 0xA700
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+STATUS_RETRIEVE_BAD_IDENTIFIER = 0xC000
+#: The most presentation contexts one association may propose (PS3.8 9.3.2.2).
+_MAX_CONTEXTS = 128
 
-_FIND_MODELS = {
-    str(PatientRootQueryRetrieveInformationModelFind): "patient",
-    str(StudyRootQueryRetrieveInformationModelFind): "study",
-}
+_FIND_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+_RETRIEVE_MODELS = (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -122,13 +144,19 @@ class DicomServer:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
-            ae.add_supported_context(context.abstract_syntax, _TRANSFER_SYNTAXES)
-        for model in _FIND_MODELS:
+            # scp_role: C-GET's requestor asks to be the storage SCP on our association.
+            ae.add_supported_context(
+                context.abstract_syntax, _TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+            )
+        for model in (*_FIND_MODELS, *_RETRIEVE_MODELS):
             ae.add_supported_context(model, _TRANSFER_SYNTAXES[:4])
+        self._ae = ae
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_ended),
@@ -248,6 +276,79 @@ class DicomServer:
         except ArchiveError as exc:
             log.warning("find_failed", reason=str(exc))
             yield _status(STATUS_FIND_OUT_OF_RESOURCES, str(exc)), None
+
+    # -- retrieve ------------------------------------------------------------------
+
+    def _targets(self, event: Any, service: str) -> tuple[list[StoredFile] | None, Any]:
+        """The files a retrieve names, or None and the failure status to answer."""
+        if not self._allowed(event, storing=False):
+            return None, _status(STATUS_NOT_AUTHORISED, "calling AE title or address not allowed")
+        try:
+            request = _find_request(event.identifier)
+            with open_archive(self.archive_root) as archive:
+                targets = retrieve_targets(archive.index, request)
+        except InvalidQuery as exc:
+            log.warning(f"{service}_refused", reason=str(exc))
+            return None, _status(STATUS_RETRIEVE_BAD_IDENTIFIER, str(exc))
+        except ArchiveError as exc:
+            log.warning(f"{service}_failed", reason=str(exc))
+            return None, _status(STATUS_OUT_OF_RESOURCES, str(exc))
+        ae_title, address = self._caller(event)
+        log.info(service, level=request.level.name, calling_ae=ae_title, address=address,
+                 instances=len(targets))  # fmt: skip
+        return targets, None
+
+    def _send_each(self, event: Any, targets: list[StoredFile]) -> Iterator[Any]:
+        # pynetdicom's retrieve service sends decoded data sets only: each file is read
+        # whole and re-encoded by pydicom in its stored transfer syntax (values and
+        # encapsulated pixel data unchanged). `send` sends the stored bytes themselves.
+        from pydicom import dcmread
+
+        for target in targets:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            try:
+                dataset = dcmread(self.archive_root / target.file_path)
+            except (OSError, ValueError) as exc:
+                log.warning("retrieve_unreadable", path=target.file_path, reason=str(exc))
+                failed = Dataset()
+                failed.FailedSOPInstanceUIDList = [target.sop_instance_uid]
+                yield STATUS_OUT_OF_RESOURCES, failed
+                return
+            yield STATUS_PENDING, dataset
+
+    def _on_get(self, event: Any) -> Iterator[Any]:
+        targets, failure = self._targets(event, "get")
+        if targets is None:
+            yield 1
+            yield failure, None
+            return
+        yield len(targets)
+        yield from self._send_each(event, targets)
+
+    def _on_move(self, event: Any) -> Iterator[Any]:
+        destination = strip_control(str(event.move_destination).strip())
+        peer = self.settings.peer(destination)
+        if peer is None or peer.port == 0:
+            log.warning("move_destination_unknown", destination=destination)
+            yield None, None  # pynetdicom answers 0xA801 (Move Destination unknown)
+            return
+        targets, failure = self._targets(event, "move")
+        if targets is None:
+            # pynetdicom reads the first yield as the destination whatever it is; an
+            # error raised here is answered with its "unable to process" status 0xC514.
+            raise _RetrieveRefused(str(failure.get("ErrorComment", "refused")))
+        # One context per stored (SOP Class, transfer syntax): the bytes go as stored.
+        pairs = sorted({(t.sop_class_uid, t.transfer_syntax_uid) for t in targets})
+        contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in pairs]
+        yield peer.host, peer.port, {"contexts": contexts[:_MAX_CONTEXTS], "ae_title": destination}
+        yield len(targets)
+        yield from self._send_each(event, targets)
+
+
+class _RetrieveRefused(Exception):
+    """A C-MOVE that cannot start (logged already); pynetdicom answers 0xC514."""
 
 
 def _short_reason(reason: str) -> str:

@@ -27,6 +27,7 @@ from dicom_archive.network.server import DicomServer
 from dicom_archive.network.settings import DicomSettings, Peer
 from tests.factory import (
     CT_IMAGE_STORAGE,
+    dataset_bytes,
     iter_pydicom_files,
     make_instance,
     new_uid,
@@ -108,14 +109,6 @@ def _find(server: DicomServer, model: str, **keys: object) -> list[Dataset]:
     return found
 
 
-def _dataset_bytes(path: Path) -> bytes:
-    """The data set after the File Meta Information: what travels on the network."""
-    with open(path, "rb") as handle:
-        pydicom.filereader.read_preamble(handle, False)
-        pydicom.filereader._read_file_meta_info(handle)
-        return handle.read()
-
-
 # -- echo and store -----------------------------------------------------------------
 
 
@@ -142,7 +135,7 @@ def test_a_stored_instance_is_durable_when_success_arrives(
     ).fetchone()
     db.close()
     assert row is not None
-    assert _dataset_bytes(archive_root / row[0]) == _dataset_bytes(archive_root.parent / "sent.dcm")
+    assert dataset_bytes(archive_root / row[0]) == dataset_bytes(archive_root.parent / "sent.dcm")
 
 
 def test_identical_resend_succeeds_and_a_conflict_fails_without_overwriting(
@@ -394,7 +387,7 @@ def _what_storescu_sends(folder: Path, out: Path) -> dict[str, tuple[str, str]]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         received[str(ds.SOPInstanceUID)] = (
             str(ds.file_meta.TransferSyntaxUID),
-            hashlib.sha256(_dataset_bytes(path)).hexdigest(),
+            hashlib.sha256(dataset_bytes(path)).hexdigest(),
         )
     return received
 
@@ -445,7 +438,7 @@ def test_dcmtk_storescu_of_pydicoms_files_archives_the_bytes_it_sent(
     assert len(sent) >= 80, "the oracle received too little"
     assert set(rows) == set(sent)
     ours = {
-        uid: (syntax, hashlib.sha256(_dataset_bytes(archive_root / path)).hexdigest())
+        uid: (syntax, hashlib.sha256(dataset_bytes(archive_root / path)).hexdigest())
         for uid, (path, syntax) in rows.items()
     }
     # Where the two receivers negotiated the same transfer syntax storescu sent the
@@ -455,7 +448,7 @@ def test_dcmtk_storescu_of_pydicoms_files_archives_the_bytes_it_sent(
         if syntax == sent[uid][0]:
             assert digest == sent[uid][1], uid
         else:
-            assert digest == hashlib.sha256(_dataset_bytes(sources[uid])).hexdigest(), uid
+            assert digest == hashlib.sha256(dataset_bytes(sources[uid])).hexdigest(), uid
 
 
 @needs_dcmtk
