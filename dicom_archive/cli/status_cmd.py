@@ -80,6 +80,7 @@ def status_json(status: DaemonStatus) -> dict[str, Any]:
             {"at": e.at, "kind": e.kind, "path": e.path, "message": e.message}
             for e in status.errors
         ],
+        "dicom": status.dicom,
     }
 
 
@@ -113,6 +114,13 @@ def render_text(archive: Path, status: DaemonStatus) -> str:
             f"Queue:        {run.queue_depth} files waiting",
             f"Since start:  {_counts_line(run.counts)}",
         ]
+        if status.dicom:
+            d = status.dicom
+            lines.append(
+                f"DICOM:        {safe(d.get('aeTitle'))} on {safe(d.get('bind'))}:{d.get('port')}"
+                f", {d.get('active', 0)} associations open, {d.get('associations', 0)} since "
+                f"start, {d.get('received', 0)} instances received"
+            )
     elif run is not None:
         lines += [
             "Daemon:       not running",

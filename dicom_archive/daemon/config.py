@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_archive.errors import ConfigError
+from dicom_archive.network.settings import DicomSettings, parse_settings
 
 DEFAULT_IGNORE = (".*", "*.part", "*.tmp", "*.crdownload")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -52,6 +53,8 @@ class DaemonConfig:
     snapshot_interval: float = 60.0
     log_level: str = "info"
     log_format: str = "auto"
+    #: The DICOM listener, on when the file has a [dicom] table.
+    dicom: DicomSettings | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective settings, for the start-up log line."""
@@ -64,6 +67,8 @@ class DaemonConfig:
                 value = list(value)
             elif isinstance(value, enum.Enum):
                 value = value.value
+            elif isinstance(value, DicomSettings):
+                value = dataclasses.asdict(value)
             out[field.name] = value
         return out
 
@@ -178,6 +183,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
         if value not in LOG_LEVELS:
             raise ConfigError(source, key, f"expected one of {', '.join(LOG_LEVELS)}")
         return value
+    if key == "dicom":
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, "expected a table: [dicom]")
+        return parse_settings(value, source)
     if key == "log_format":
         if value not in LOG_FORMATS:
             raise ConfigError(source, key, f"expected one of {', '.join(LOG_FORMATS)}")

@@ -10,6 +10,7 @@ scan picks up whatever arrived meanwhile.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_archive.archive.index import BUSY_TIMEOUT_MS, Index, now_iso
 from dicom_archive.archive.integrity import stale_temporaries
@@ -42,6 +43,9 @@ from dicom_archive.daemon.watcher import (
 from dicom_archive.daemon.worker import Worker
 from dicom_archive.errors import ArchiveError, ConfigError, IndexBusy, NotAnArchive
 from dicom_archive.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from dicom_archive.network.server import DicomServer
 
 log = get_logger("dicom_archive.daemon")
 
@@ -74,6 +78,7 @@ class Daemon:
         self._archive_lock = FolderLock(config.archive)
         self._incoming_lock: FolderLock | None = None
         self._watcher: Watcher | None = None
+        self._dicom: DicomServer | None = None
         self._overflow = OverflowListener(self._on_overflow)
         self.runtime: Runtime | None = None
         self.scanner: Scanner | None = None
@@ -141,6 +146,7 @@ class Daemon:
         exit_code = 0
         try:
             self._watcher = self._start_watcher(config)
+            self._dicom = self._start_dicom(config)
             self._install_signals()
             log.info("daemon started", pid=os.getpid(), **config.summary())
             self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=" + self._status_line())
@@ -149,6 +155,8 @@ class Daemon:
         finally:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             log.info("daemon stopping", queue=runtime.queue.depth())
+            if self._dicom is not None:
+                self._dicom.stop()  # answers what is in flight, then refuses
             if self._watcher is not None:
                 self._watcher.stop()
             runtime.stop.set()
@@ -188,9 +196,25 @@ class Daemon:
                 self.notifier.send("STATUS=" + status)
                 last_status = status
             if time.monotonic() >= next_beat:
-                _heartbeat(archive.index, runtime.run_id, runtime.queue.depth())
+                _heartbeat(archive.index, runtime.run_id, runtime.queue.depth(), self._dicom)
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL
         return 0
+
+    def _start_dicom(self, config: DaemonConfig) -> DicomServer | None:
+        """The DICOM listener of the [dicom] table; a port already taken is fatal."""
+        if config.dicom is None:
+            return None
+        from dicom_archive.network.server import DicomServer  # pynetdicom only when on
+
+        server = DicomServer(config.archive, config.dicom)
+        try:
+            server.start()
+        except OSError as exc:
+            where = f"{config.dicom.bind}:{config.dicom.port}"
+            raise ConfigError(
+                "[dicom]", "port", f"cannot listen on {where} ({exc.strerror})"
+            ) from exc
+        return server
 
     def _health_problem(self, index: Index, threads: list[threading.Thread]) -> str:
         if self._watcher is None or not self._watcher.healthy():
@@ -402,7 +426,7 @@ def _set_state(index: Index, run_id: int, state: str, depth: int) -> None:
         )
 
 
-def _heartbeat(index: Index, run_id: int, depth: int) -> None:
+def _heartbeat(index: Index, run_id: int, depth: int, dicom: DicomServer | None = None) -> None:
     """The run's heartbeat, never blocking the main thread for long: a locked index
     (another writer) or a full disk costs one skipped beat and a warning, not the
     WATCHDOG=1 pings nor the daemon."""
@@ -410,6 +434,12 @@ def _heartbeat(index: Index, run_id: int, depth: int) -> None:
     connection.execute(f"PRAGMA busy_timeout = {HEARTBEAT_BUSY_MS}")
     try:
         _set_state(index, run_id, "running", depth)
+        if dicom is not None:
+            with index.write() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('dicom_listener', ?)",
+                    (json.dumps(dicom.status() | {"run": run_id}),),
+                )
     except (IndexBusy, sqlite3.Error) as exc:
         log.warning("cannot write the heartbeat", error=str(exc))
     finally:

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from dicom_archive.archive.store import Archive
 from dicom_archive.daemon.lock import is_locked
@@ -58,6 +59,8 @@ class DaemonStatus:
     last_check: CheckInfo | None
     last_verify: CheckInfo | None
     errors: tuple[ErrorInfo, ...]
+    #: The running daemon's DICOM listener (AE title, port, counts), if it has one.
+    dicom: dict[str, Any] | None = None
 
 
 def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
@@ -80,6 +83,8 @@ def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
             "SELECT at, kind, path, message FROM daemon_errors ORDER BY id DESC LIMIT ?",
             (errors,),
         ).fetchall()
+        run_id = db.execute("SELECT MAX(id) FROM daemon_runs").fetchone()[0]
+        listener_row = db.execute("SELECT value FROM meta WHERE key = 'dicom_listener'").fetchone()
     run = None
     age = None
     if row is not None:
@@ -95,7 +100,19 @@ def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
         last_check=last_check,
         last_verify=last_verify,
         errors=tuple(ErrorInfo(*e) for e in error_rows),
+        dicom=_listener(listener_row, run_id) if running else None,
     )
+
+
+def _listener(row: tuple[str] | None, run_id: int | None) -> dict[str, Any] | None:
+    """The listener state the current run last wrote; another run's is stale."""
+    if row is None:
+        return None
+    try:
+        state: dict[str, Any] = json.loads(row[0])
+    except ValueError:
+        return None
+    return state if state.get("run") == run_id else None
 
 
 def _check(db: sqlite3.Connection, where: str) -> CheckInfo | None:

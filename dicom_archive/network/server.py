@@ -183,6 +183,17 @@ class DicomServer:
         self.committer.stop()
         log.info("dicom_stopped", associations=self.associations, received=self.received)
 
+    def status(self) -> dict[str, Any]:
+        """What `status` shows of the listener."""
+        return {
+            "aeTitle": self.settings.ae_title,
+            "bind": self.settings.bind,
+            "port": self.port if self._server is not None else self.settings.port,
+            "associations": self.associations,
+            "active": len(self._server.active_associations) if self._server else 0,
+            "received": self.received,
+        }
+
     def __enter__(self) -> DicomServer:
         self.start()
         return self
