@@ -134,7 +134,9 @@ class DicomServer:
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.network_timeout = self.settings.idle_timeout
-        ae.acse_timeout = 30
+        # Also the ARTIM timer: a connection that never completes an association (garbage,
+        # a port scan) holds one of max_associations until then.
+        ae.acse_timeout = min(10.0, self.settings.idle_timeout)
         ae.dimse_timeout = self.settings.idle_timeout
         ae.require_called_aet = self.settings.check_called_ae
         if self.settings.peers and not self.settings.store_from_anyone:
