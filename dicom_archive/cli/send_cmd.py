@@ -65,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = send_instances(
-            Path(args.archive), files, peer, ae_title=settings.ae_title, on_progress=advance
+            Path(args.archive),
+            files,
+            peer,
+            ae_title=settings.ae_title,
+            on_progress=advance,
+            tls=settings.client_ssl_context(),
         )
     finally:
         progress.close()

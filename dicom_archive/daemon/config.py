@@ -126,6 +126,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
         value = raw.get(key)
         if isinstance(value, str) and value:
             raw[key] = str(base / Path(value).expanduser())
+    dicom = raw.get("dicom")
+    if isinstance(dicom, dict):
+        for key in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+            if isinstance(dicom.get(key), str) and dicom[key]:
+                dicom[key] = str(base / Path(dicom[key]).expanduser())
     return raw
 
 

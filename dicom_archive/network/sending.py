@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ def send_instances(
     *,
     ae_title: str,
     on_progress: Callable[[int], None] = lambda _done: None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendSummary:
     """C-STORE each file's stored bytes to ``peer``: one association per 128 (SOP Class,
     transfer syntax) pairs, each file in the syntax it was archived in."""
@@ -50,7 +52,7 @@ def send_instances(
     for first in range(0, len(pairs), _MAX_CONTEXTS):
         group = set(pairs[first : first + _MAX_CONTEXTS])
         chunk = [f for f in files if (f.sop_class_uid, f.transfer_syntax_uid) in group]
-        _send_chunk(archive_root, chunk, sorted(group), peer, ae_title, summary, on_progress)
+        _send_chunk(archive_root, chunk, sorted(group), peer, ae_title, summary, on_progress, tls)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -63,11 +65,17 @@ def _send_chunk(
     ae_title: str,
     summary: SendSummary,
     on_progress: Callable[[int], None],
+    tls: ssl.SSLContext | None,
 ) -> None:
     ae = ApplicationEntity(ae_title=ae_title)
     for sop_class, syntax in pairs:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        tls_args=(tls, peer.host) if tls is not None else None,
+    )
     if not assoc.is_established:
         raise SendError(
             f"{peer.ae_title} at {peer.host}:{peer.port} refused or did not answer the association"

@@ -166,7 +166,10 @@ class DicomServer:
         ]
         try:
             self._server = ae.start_server(
-                (self.settings.bind, self.settings.port), block=False, evt_handlers=handlers
+                (self.settings.bind, self.settings.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self.settings.ssl_context(),
             )
         except OSError:
             self.committer.stop()
@@ -176,6 +179,7 @@ class DicomServer:
             ae_title=self.settings.ae_title,
             bind=self.settings.bind,
             port=self.port,
+            tls=self.settings.tls_certificate is not None,
         )
 
     def stop(self) -> None:
@@ -355,7 +359,11 @@ class DicomServer:
         # One context per stored (SOP Class, transfer syntax): the bytes go as stored.
         pairs = sorted({(t.sop_class_uid, t.transfer_syntax_uid) for t in targets})
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in pairs]
-        yield peer.host, peer.port, {"contexts": contexts[:_MAX_CONTEXTS], "ae_title": destination}
+        options: dict[str, Any] = {"contexts": contexts[:_MAX_CONTEXTS], "ae_title": destination}
+        tls = self.settings.client_ssl_context()
+        if tls is not None:
+            options["tls_args"] = (tls, peer.host)
+        yield peer.host, peer.port, options
         yield len(targets)
         yield from self._send_each(event, targets)
 

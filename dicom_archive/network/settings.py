@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dicom_archive.errors import ConfigError
@@ -44,6 +46,34 @@ class DicomSettings:
     max_pdu: int = 262_144
     #: Seconds without a PDU before an association is aborted.
     idle_timeout: float = 60.0
+    #: TLS (DICOM PS3.15 B.9, BCP 195): our certificate chain and key (PEM). When a
+    #: CA bundle is given, callers must present a certificate it signed.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side TLS context, or None for plain TCP."""
+        if self.tls_certificate is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_certificate, self.tls_private_key)
+        if self.tls_ca_certificates is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.tls_ca_certificates)
+        return context
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """For `send` and C-MOVE: verify the peer against our CA bundle and present our
+        certificate; None for plain TCP (no CA bundle configured)."""
+        if self.tls_ca_certificates is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_certificates)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.tls_certificate is not None:
+            context.load_cert_chain(self.tls_certificate, self.tls_private_key)
+        return context
 
     def peer(self, ae_title: str) -> Peer | None:
         for peer in self.peers:
@@ -83,6 +113,9 @@ _KEYS = {
     "max_associations",
     "max_pdu",
     "idle_timeout",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_ca_certificates",
 }
 
 
@@ -127,6 +160,16 @@ def parse_settings(raw: Mapping[str, Any], source: str, section: str = "dicom") 
         values["idle_timeout"] = float(value)
     if "peers" in raw:
         values["peers"] = _parse_peers(raw["peers"], source, key("peers"))
+    for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+        if name in raw:
+            if not isinstance(raw[name], str | Path) or not str(raw[name]):
+                raise ConfigError(source, key(name), "expected the path of a PEM file")
+            path = Path(raw[name]).expanduser()
+            if not path.is_file():
+                raise ConfigError(source, key(name), f"{path}: no such file")
+            values[name] = path
+    if ("tls_certificate" in values) != ("tls_private_key" in values):
+        raise ConfigError(source, key("tls_private_key"), "TLS needs both certificate and key")
     return DicomSettings(**values)
 
 
