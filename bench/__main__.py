@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import peers
+from bench import network, peers
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
 from bench.scale import build_bulk_archive, scale_spec
@@ -49,7 +49,7 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon")
+SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network")
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -165,6 +165,8 @@ def _peers(
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--peer-child", "--network-child"]:
+        return network.child_main(argv[2:])
     if argv[:1] == ["--peer-child"]:
         return peers.child_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             integrity(report, archive, check_corpus.files + corpora["512x512"].files, reps)
             export(report, archive, corpora["512x512"].study_uids[0], work, reps)
             shutil.rmtree(archive, ignore_errors=True)
+        if "network" in wanted:
+            network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]
+            network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]
         if "daemon" in wanted:
             daemon_section(
                 report,
