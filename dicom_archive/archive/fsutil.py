@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # loaded on first use: ctypes.util pulls in subprocess, 10 ms at start-up
+    import ctypes
 
 _libc: ctypes.CDLL | None = None
 
@@ -14,6 +16,8 @@ _libc: ctypes.CDLL | None = None
 def _load_libc() -> ctypes.CDLL | None:
     global _libc
     if _libc is None:
+        import ctypes.util
+
         name = ctypes.util.find_library("c")
         if name is None:
             return None
@@ -45,6 +49,8 @@ def syncfs(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if libc.syncfs(fd) != 0:
+            import ctypes
+
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
     finally:
@@ -103,6 +109,8 @@ def _rename_no_replace(source: Path, destination: Path) -> bool:
     )
     if result == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err == errno.EEXIST:
         return False
