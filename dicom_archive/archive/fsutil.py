@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # loaded on first use: ctypes.util pulls in subprocess, 10 ms at start-up
+if TYPE_CHECKING:  # loaded on first use
     import ctypes
 
 _libc: ctypes.CDLL | None = None
@@ -16,12 +16,19 @@ _libc: ctypes.CDLL | None = None
 def _load_libc() -> ctypes.CDLL | None:
     global _libc
     if _libc is None:
-        import ctypes.util
+        import ctypes
 
-        name = ctypes.util.find_library("c")
-        if name is None:
-            return None
-        _libc = ctypes.CDLL(name, use_errno=True)
+        # The C library this process already runs on: no search (ctypes.util's
+        # find_library imports subprocess and may run ldconfig, ~30 ms per command).
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "syncfs"):
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            if name is None:
+                return None
+            libc = ctypes.CDLL(name, use_errno=True)
+        _libc = libc
     return _libc
 
 
@@ -77,7 +84,7 @@ def make_dirs_durable(root: Path, relative_dir: Path) -> list[Path]:
     return changed
 
 
-def link_no_replace(source: Path, destination: Path) -> bool:
+def link_no_replace(source: str | Path, destination: str | Path) -> bool:
     """Give ``source`` the extra name ``destination`` unless that name is taken.
 
     ``os.rename`` would silently replace an archived file; ``os.link`` fails with
@@ -100,7 +107,7 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
-def _rename_no_replace(source: Path, destination: Path) -> bool:
+def _rename_no_replace(source: str | Path, destination: str | Path) -> bool:
     libc = _load_libc()
     if libc is None or not hasattr(libc, "renameat2"):
         raise OSError(errno.ENOTSUP, "filesystem supports neither link nor renameat2")
