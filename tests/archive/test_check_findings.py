@@ -132,3 +132,12 @@ def test_an_emptied_series_folder_reports_each_row(filled: Archive) -> None:
 def test_clean_archive_counts_every_row_and_file(filled: Archive) -> None:
     report = both(filled)
     assert report.clean and report.instances_checked == 16 and report.files_seen == 16
+
+
+def test_a_data_folder_that_is_a_link_is_followed(filled: Archive, tmp_path: Path) -> None:
+    """data/ moved to another disk and linked back: checked as before, clean."""
+    elsewhere = tmp_path / "bigger-disk"
+    filled.paths.data.rename(elsewhere)
+    filled.paths.data.symlink_to(elsewhere)
+    report = both(filled)
+    assert report.clean and report.instances_checked == 16
