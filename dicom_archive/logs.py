@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from dicom_archive.text import strip_control
+
 # syslog priorities, for journald's "<N>" line prefix
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
-
-
-def strip_control(text: str) -> str:
-    return _CONTROL.sub("?", text)
 
 
 def _strip_control_chars(

@@ -7,7 +7,6 @@ never share a folder.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _short_hash(raw: str) -> str:
+    import hashlib  # here, not at the top: commands that never name a file skip OpenSSL
+
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
 
 

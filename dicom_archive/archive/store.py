@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +107,8 @@ def _remove_archive_entries(root: Path) -> None:
     for name in _ARCHIVE_ENTRIES:
         entry = root / name
         if entry.is_dir() and not entry.is_symlink():
+            import shutil  # here: only init --force needs it
+
             shutil.rmtree(entry)
         elif entry.exists() or entry.is_symlink():
             os.unlink(entry)

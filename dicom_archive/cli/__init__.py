@@ -1,6 +1,8 @@
 """The ``dicom-archive`` command: argument parsing and rendering only.
 
 Every command is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
+Only the module of the command being run is imported (``check`` need not load pydicom
+or structlog); ``--help`` and mistyped commands get the full parser.
 Errors the user can cause arrive as ``ArchiveError`` and leave as one line on
 stderr with the error's exit code; anything else is a bug (traceback with --debug).
 """
@@ -8,46 +10,34 @@ stderr with the error's exit code; anything else is a bug (traceback with --debu
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from dicom_archive import __version__
-from dicom_archive.cli import (
-    check_cmd,
-    daemon_cmd,
-    export_cmd,
-    import_cmd,
-    init_cmd,
-    list_cmd,
-    listen_cmd,
-    query_cmd,
-    rebuild_cmd,
-    send_cmd,
-    stats_cmd,
-    status_cmd,
-)
 from dicom_archive.errors import EXIT_PROBLEMS, ArchiveError
 
-COMMANDS = [
-    init_cmd,
-    import_cmd,
-    query_cmd,
-    list_cmd,
-    export_cmd,
-    check_cmd,
-    stats_cmd,
-    rebuild_cmd,
-    daemon_cmd,
-    status_cmd,
-    listen_cmd,
-    send_cmd,
-]
+#: Command name -> its module under dicom_archive.cli, in the order ``--help`` lists them.
+COMMANDS = {
+    "init": "init_cmd",
+    "import": "import_cmd",
+    "query": "query_cmd",
+    "list": "list_cmd",
+    "export": "export_cmd",
+    "check": "check_cmd",
+    "stats": "stats_cmd",
+    "rebuild": "rebuild_cmd",
+    "daemon": "daemon_cmd",
+    "status": "status_cmd",
+    "listen": "listen_cmd",
+    "send": "send_cmd",
+}
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command ``only`` alone."""
     parser = argparse.ArgumentParser(
         prog="dicom-archive",
         description="A local DICOM archive: import files, query, export and check them.",
@@ -58,18 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show a traceback when something goes wrong"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(subparsers)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"dicom_archive.cli.{module}").add_parser(subparsers)
     return parser
 
 
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, when it is plain to see (only --debug before it)."""
+    for arg in argv:
+        if arg == "--debug":
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_named(arguments))
+    args = parser.parse_args(arguments)
     try:
         return int(args.run(args))
     except ArchiveError as exc:
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         print(f"dicom-archive: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         else:
             print(

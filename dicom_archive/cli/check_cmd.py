@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_archive.archive.index import now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
 from dicom_archive.archive.records import CheckReport, FindingKind
-from dicom_archive.archive.repair import Action, RepairPlan, apply_repair, plan_repair
 from dicom_archive.archive.stats import patient_ids_with_several_names
 from dicom_archive.archive.store import Archive
 from dicom_archive.cli.common import (
@@ -21,6 +20,9 @@ from dicom_archive.cli.common import (
     safe,
 )
 from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
+
+if TYPE_CHECKING:  # repair (and the header parser it needs) is imported only to repair
+    from dicom_archive.archive.repair import RepairPlan
 
 LABELS = {
     FindingKind.MISSING: "missing files",
@@ -129,13 +131,14 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS
 
 
+#: Keyed by repair.Action's values (a StrEnum, so its members look these up directly).
 _VERBS = {
-    Action.INDEX: "index",
-    Action.MOVE_AND_INDEX: "move into its layout path and index",
-    Action.QUARANTINE: "quarantine",
-    Action.DROP_ROW: "drop row",
-    Action.REMOVE_TEMPORARY: "remove temporary",
-    Action.LEAVE: "leave (needs a person)",
+    "index": "index",
+    "move-and-index": "move into its layout path and index",
+    "quarantine": "quarantine",
+    "drop-row": "drop row",
+    "remove-temporary": "remove temporary",
+    "leave": "leave (needs a person)",
 }
 
 
@@ -156,6 +159,8 @@ def _confirmed(args: argparse.Namespace, count: int) -> bool:
 
 
 def _repair(archive: Archive, report: CheckReport, args: argparse.Namespace) -> int:
+    from dicom_archive.archive.repair import apply_repair, plan_repair
+
     plan = plan_repair(archive, report)
     print(f"{len(report.findings)} findings; the repair plan:")
     _describe(plan)

@@ -12,7 +12,7 @@ from typing import IO
 
 from dicom_archive.archive.stats import PatientNames
 from dicom_archive.archive.store import Archive, open_archive
-from dicom_archive.logs import strip_control
+from dicom_archive.text import strip_control
 
 
 def add_archive_option(

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dicom_archive.archive.index import now_iso
-from dicom_archive.logs import strip_control
+from dicom_archive.text import strip_control
 
 REASON_SUFFIX = ".reason.txt"
 

@@ -33,7 +33,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_archive.archive.records import Outcome
 from dicom_archive.archive.store import open_archive
 from dicom_archive.errors import ArchiveError, InvalidQuery
-from dicom_archive.logs import strip_control
 from dicom_archive.network.matching import (
     RESPONSE_CHARSET,
     FindRequest,
@@ -44,6 +43,7 @@ from dicom_archive.network.matching import (
 )
 from dicom_archive.network.settings import DicomSettings
 from dicom_archive.network.storing import StoreCommitter
+from dicom_archive.text import strip_control
 
 log = structlog.get_logger("dicom_archive.network")
 

@@ -346,3 +346,36 @@ def test_ctrl_c_keeps_what_was_committed_and_says_so(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert len(list((archive / "data").rglob("*.dcm"))) == 4000
+
+
+def test_check_loads_neither_pydicom_nor_structlog(filled: Path) -> None:
+    """`check` imports only its own command: start-up is most of its time."""
+    code = (
+        "import sys; from dicom_archive.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = sorted(m for m in ('pydicom', 'structlog', 'dicom_archive.cli.import_cmd') "
+        "if m in sys.modules); print(heavy); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "check", "-a", str(filled)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("[]"), result.stdout
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_archive.cli import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    with pytest.raises(SystemExit):
+        main(["--debug", "export", "--help"])
+    assert "--study-uid" in capsys.readouterr().out
+
+
+def test_every_repair_action_has_a_verb() -> None:
+    from dicom_archive.archive.repair import Action
+    from dicom_archive.cli.check_cmd import _VERBS
+
+    assert set(_VERBS) == {action.value for action in Action}

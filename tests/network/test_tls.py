@@ -93,10 +93,7 @@ def server(tmp_path: Path, pki: Path) -> Iterator[DicomServer]:
         },
         "test",
     )
-    settings = type(settings)(
-        **{**{f: getattr(settings, f) for f in settings.__slots__}, "port": 0}
-    )
-    with DicomServer(tmp_path / "archive", settings) as running:
+    with DicomServer(tmp_path / "archive", dataclasses.replace(settings, port=0)) as running:
         yield running
 
 
