@@ -260,8 +260,15 @@ def find(
             clauses.append(clause)
             params.extend(values)
     columns = ", ".join(_value_sql(ATTRIBUTES[k], level) for k in keys)
+    tables = _FROM[level]
+    if any(
+        k in ("PatientName", "PatientID") and v.strip(" \x00*") for k, v in request.criteria.items()
+    ):
+        # Walk the few matching patients first (as `query` does): left to itself SQLite
+        # may walk every study in date order and look up each one's patient.
+        tables = tables.replace("patients p JOIN", "patients p CROSS JOIN", 1)
     sql = (
-        f"SELECT {columns} FROM {_FROM[level]} WHERE {' AND '.join(clauses) or '1'} "
+        f"SELECT {columns} FROM {tables} WHERE {' AND '.join(clauses) or '1'} "
         f"ORDER BY {_ORDER[level]}"
     )
     _register_fold(index.connection)

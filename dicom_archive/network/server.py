@@ -8,6 +8,7 @@ connection to the index. Every association and every refusal is a log event.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,15 @@ _RETRIEVE_MODELS = (
 )
 
 
+def no_delay(event: Any) -> None:
+    """TCP_NODELAY on every association's socket: a DIMSE message goes out in several
+    small writes, and Nagle's algorithm meeting the peer's delayed ACK made each
+    C-STORE wait ~40 ms (pynetdicom to pynetdicom: 19 -> 74 instances/s)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _status(code: int, comment: str = "") -> Dataset:
     status = Dataset()
     status.Status = code
@@ -154,6 +164,7 @@ class DicomServer:
             ae.add_supported_context(model, _TRANSFER_SYNTAXES[:4])
         self._ae = ae
         handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
@@ -359,7 +370,11 @@ class DicomServer:
         # One context per stored (SOP Class, transfer syntax): the bytes go as stored.
         pairs = sorted({(t.sop_class_uid, t.transfer_syntax_uid) for t in targets})
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in pairs]
-        options: dict[str, Any] = {"contexts": contexts[:_MAX_CONTEXTS], "ae_title": destination}
+        options: dict[str, Any] = {
+            "contexts": contexts[:_MAX_CONTEXTS],
+            "ae_title": destination,
+            "evt_handlers": [(evt.EVT_CONN_OPEN, no_delay)],
+        }
         tls = self.settings.client_ssl_context()
         if tls is not None:
             options["tls_args"] = (tls, peer.host)

@@ -76,7 +76,13 @@ def test_the_example_config_is_valid_and_complete() -> None:
     config = load_config(example)
     text = example.read_text()
     for key in config.summary():
-        assert f"{key} =" in text, f"{key} is not documented in config.example.toml"
+        assert f"{key} =" in text or f"[{key}]" in text, f"{key} is not documented"
+    from dataclasses import fields
+
+    from dicom_archive.network.settings import DicomSettings
+
+    for field in fields(DicomSettings):
+        assert f"#{field.name} =" in text, f"dicom.{field.name} is not documented"
 
 
 def test_cli_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
