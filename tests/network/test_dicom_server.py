@@ -88,25 +88,28 @@ def _store(server: DicomServer, *datasets: Dataset) -> list[int]:
         assoc.release()
 
 
-def _find(server: DicomServer, model: str, **keys: object) -> list[Dataset]:
-    ae = AE(ae_title="FINDSCU")
+def _find_responses(
+    port: int, model: str, ae_title: str = "FINDSCU", **keys: object
+) -> list[tuple[int, Dataset | None]]:
+    """(status, identifier) of every response to one C-FIND."""
+    ae = AE(ae_title=ae_title)
     ae.add_requested_context(model)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOM_ARCHIVE")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ARCHIVE")
     assert assoc.is_established
     query = Dataset()
     for keyword, value in keys.items():
         setattr(query, keyword, value)
-    found = []
     try:
-        for status, identifier in assoc.send_c_find(query, model):
-            assert status is not None
-            if status.Status in (0xFF00, 0xFF01):
-                found.append(identifier)
-            else:
-                assert status.Status == 0x0000, hex(status.Status)
+        return [(int(status.Status), found) for status, found in assoc.send_c_find(query, model)]
     finally:
         assoc.release()
-    return found
+
+
+def _find(server: DicomServer, model: str, **keys: object) -> list[Dataset]:
+    """The matches of a C-FIND that must succeed."""
+    responses = _find_responses(server.port, model, **keys)
+    assert responses[-1][0] == 0x0000, hex(responses[-1][0])
+    return [found for status, found in responses if status in (0xFF00, 0xFF01) and found]
 
 
 # -- echo and store -----------------------------------------------------------------
@@ -179,17 +182,14 @@ def test_four_senders_at_once_all_land_once(server: DicomServer, archive_root: P
 def test_store_from_anyone_stores_but_never_answers_queries(archive_root: Path) -> None:
     with DicomServer(archive_root, _settings(peers=(), store_from_anyone=True)) as open_door:
         assert _store(open_door, make_instance(PatientID="ANY")) == [0x0000]
-        ae = AE(ae_title="NOBODY")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate("127.0.0.1", open_door.port, ae_title="DICOM_ARCHIVE")
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        statuses = [
-            s.Status
-            for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-        ]
-        assoc.release()
+        responses = _find_responses(
+            open_door.port,
+            StudyRootQueryRetrieveInformationModelFind,
+            ae_title="NOBODY",
+            QueryRetrieveLevel="STUDY",
+            StudyInstanceUID="",
+        )
+    statuses = [status for status, _ in responses]
     assert statuses == [0x0124]
 
 
@@ -337,16 +337,13 @@ def test_patient_root_levels_down_to_images(server: DicomServer, filled: dict[st
 def test_a_malformed_date_gets_a_failure_status_not_a_crash(
     server: DicomServer, filled: dict[str, str]
 ) -> None:
-    ae = AE(ae_title="FINDSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOM_ARCHIVE")
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyDate = "2024-13-45"
-    statuses = [
-        s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-    ]
-    assoc.release()
+    responses = _find_responses(
+        server.port,
+        StudyRootQueryRetrieveInformationModelFind,
+        QueryRetrieveLevel="STUDY",
+        StudyDate="2024-13-45",
+    )
+    statuses = [status for status, _ in responses]
     assert statuses[-1] == 0xC000
     assert _find(
         server,
