@@ -29,6 +29,7 @@ COMMANDS = {
     "export": "export_cmd",
     "check": "check_cmd",
     "stats": "stats_cmd",
+    "snapshot": "snapshot_cmd",
     "rebuild": "rebuild_cmd",
     "daemon": "daemon_cmd",
     "status": "status_cmd",

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from dicom_archive.archive.snapshot import snapshot_state
 from dicom_archive.archive.stats import archive_stats
 from dicom_archive.cli.common import (
     add_archive_option,
@@ -32,8 +33,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as archive:
         stats = archive_stats(archive.index)
+        snapshot = snapshot_state(archive.paths, archive.index)
     if args.format == "json":
-        print(json.dumps(stats.as_json(), ensure_ascii=False, indent=2))
+        document = dict(stats.as_json(), snapshot=snapshot.as_json())
+        print(json.dumps(document, ensure_ascii=False, indent=2))
         return 0
     print(f"Patients:    {stats.patients}")
     print(f"Studies:     {stats.studies}")
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Study dates: {stats.first_study_date} to {stats.last_study_date}")
     if stats.first_import:
         print(f"Imports:     first {stats.first_import}, last {stats.last_import}")
+    print(f"Snapshot:    archive_index.json {snapshot.describe()}")
     if stats.modalities:
         print()
         print(
