@@ -6,9 +6,9 @@ index row pointing at a missing or partial file, and never touches a source):
 1. each source is read once: its header parsed and validated, its bytes hashed
    and written to ``tmp/<pid>-<n>.part`` inside the archive;
 2. one ``syncfs`` makes every temporary copy durable;
-3. under the index write lock (``BEGIN IMMEDIATE``), each copy is linked to its
-   final name, never replacing an existing file (``os.link`` fails on an existing
-   name), and its temporary name removed;
+3. under the index write lock (``BEGIN IMMEDIATE``), each copy is moved to its
+   final name, never replacing an existing file (``renameat2(RENAME_NOREPLACE)``
+   fails on an existing name, as ``os.link`` does where renameat2 is missing);
 4. a second ``syncfs`` makes the new directory entries durable;
 5. the rows are added and the transaction commits (``synchronous=FULL``).
 
@@ -43,7 +43,7 @@ from typing import Any
 
 from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.faults import crash_point
-from dicom_archive.archive.fsutil import link_no_replace, make_dirs_durable, syncfs
+from dicom_archive.archive.fsutil import make_dirs_durable, move_no_replace, syncfs
 from dicom_archive.archive.index import NewInstance, StoredInstance
 from dicom_archive.archive.integrity import stale_temporaries
 from dicom_archive.archive.layout import TMP_SUFFIX, relative_instance_path
@@ -424,11 +424,12 @@ class Importer:
                 item.tmp_inode = item.inode or os.stat(item.tmp).st_ino
                 if not self._link_into_known_folder(item.tmp, final, item.relative_path):
                     make_dirs_durable(root, Path(item.relative_path).parent)
-                    linked = link_no_replace(item.tmp, final)
+                    linked = move_no_replace(str(item.tmp), str(final))
                 else:
                     linked = True
                 if linked:
                     item.created_final = True
+                    item.tmp = None  # moved: the temporary name is gone
                 else:
                     existing_sha, _ = _hash_file(final)
                     if existing_sha != item.sha256:
@@ -452,20 +453,22 @@ class Importer:
                     item.tmp = None
 
     def _link_into_known_folder(self, tmp: Path, final: Path, relative: str) -> bool:
-        """Link when the series folder was seen before (no mkdir calls); False when
-        the folder is new to this importer, vanished, or the name is taken, so the
-        caller takes the general path (create folders, then link or compare).
+        """Move the copy to its final name when the series folder was seen before (no
+        mkdir calls); False when the folder is new to this importer, vanished, or the
+        name is taken, so the caller takes the general path (create folders, then
+        move or compare).
         """
         folder = relative.rpartition("/")[0]
         if folder not in self._folders:
             self._folders.add(folder)
             return False
         try:
-            os.link(tmp, final)
+            if move_no_replace(str(tmp), str(final)):
+                return True
         except OSError:
-            self._folders.discard(folder)
-            return False
-        return True
+            pass
+        self._folders.discard(folder)
+        return False
 
     # -- 5. the rows, in the transaction that holds the links ----------------
 
