@@ -19,7 +19,6 @@ import of the same bytes; different bytes under that name are a conflict.
 from __future__ import annotations
 
 import concurrent.futures
-import concurrent.futures.process
 import ctypes
 import ctypes.util
 import dataclasses
@@ -28,7 +27,6 @@ import functools
 import hashlib
 import io
 import itertools
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -217,18 +215,43 @@ class Importer:
         # reads and copies while this one waits on syncfs and the commit's fsync.
         return _Reading(thread.map(reader, batch))
 
+    def start_pool(self) -> None:
+        """Start the worker pool now rather than with the first large batch (the
+        daemon: with other threads running, the pool forks from a fresh server
+        process, which takes a few hundred milliseconds to start)."""
+        if self.workers < 2:
+            return
+        pool = self._pool_or_none()
+        assert pool is not None
+        try:
+            # Processes start on demand: one trivial task each brings them up now.
+            for started in [pool.submit(os.getpid) for _ in range(self.workers)]:
+                started.result()
+        except Exception:  # no pool here after all: read in this process
+            self.close()
+            self.workers = 1
+
     def _pool_for(self, batch: list[Path]) -> concurrent.futures.ProcessPoolExecutor | None:
         if self.workers < 2 or len(batch) < POOL_MIN_BATCH:
             return None
         if POOL_MIN_FILE_SIZE and not _large_files(batch):
             return None
+        return self._pool_or_none()
+
+    def _pool_or_none(self) -> concurrent.futures.ProcessPoolExecutor | None:
         if self._pool is None:
             # fork is cheap but unsafe once other threads hold locks (the daemon
             # runs watchdog's); forkserver children start from a clean process.
+            import multiprocessing  # here: an import of a few files never needs it
+
             method = "fork" if threading.active_count() == 1 else "forkserver"
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                # The server imports the importer once; each worker forks from it.
+                context.set_forkserver_preload([__name__])
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=multiprocessing.get_context(method),
+                mp_context=context,
                 initializer=_pool_worker_init,
                 # forkserver: the parent is the server, which exits with the importer.
                 initargs=(os.getpid() if method == "fork" else 0,),
@@ -246,7 +269,7 @@ class Importer:
         done: list[_ReadResult] = []
         try:
             done.extend(reading.results)
-        except concurrent.futures.process.BrokenProcessPool:
+        except concurrent.futures.BrokenExecutor:  # BrokenProcessPool
             # A worker died (killed, out of memory): drop the pool, read here.
             for result, _ in done:
                 if isinstance(result, _Read) and result.tmp is not None:

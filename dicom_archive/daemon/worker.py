@@ -97,6 +97,7 @@ class Worker(threading.Thread):
             with open_archive(self.archive_root) as archive:
                 importer = Importer(archive, batch_size=rt.config.batch_size)
                 try:
+                    importer.start_pool()
                     while not rt.stop.is_set():
                         self.last_progress = time.monotonic()
                         config = rt.config
