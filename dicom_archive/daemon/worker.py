@@ -192,6 +192,8 @@ class Worker(threading.Thread):
             for folder in touched:
                 try:
                     fsync_dir(folder)
+                except FileNotFoundError:
+                    continue  # emptied and removed by the scanner's tidy meanwhile
                 except OSError as exc:
                     log.warning("cannot fsync folder", folder=str(folder), error=str(exc))
                 self.runtime.add_tidy(folder)
