@@ -239,6 +239,8 @@ def daemon_section(
                     "files/s",
                     cli_rates[label],
                     "CLI import",
+                    goal=0.90,
+                    target="≥ 0.90 × CLI import",
                 )
             )
         report.add(Result("memory", f"daemon peak RSS, {corpus.files:,} files {label}", rss, "MB"))

@@ -12,8 +12,8 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
+# structlog (and the asyncio it imports, about 70 ms) is imported by the functions
+# that use it: commands that only print, such as `import`, never pay for it.
 from dicom_archive.text import strip_control
 
 # syslog priorities, for journald's "<N>" line prefix
@@ -33,6 +33,8 @@ class _JournalPrefixRenderer:
     """JSON for journald, prefixed with the syslog priority so levels survive."""
 
     def __init__(self) -> None:
+        import structlog
+
         self._json = structlog.processors.JSONRenderer(sort_keys=False)
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
@@ -42,6 +44,8 @@ class _JournalPrefixRenderer:
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """``fmt``: ``auto`` (console on a terminal, JSON otherwise), ``console`` or ``json``."""
+    import structlog
+
     out = stream if stream is not None else sys.stdout
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -72,4 +76,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 
 
 def get_logger(name: str | None = None) -> Any:
+    import structlog
+
     return structlog.get_logger(name) if name else structlog.get_logger()

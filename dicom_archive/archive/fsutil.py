@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # loaded on first use
     import ctypes
@@ -123,6 +123,49 @@ def link_no_replace(source: str | Path, destination: str | Path) -> bool:
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def move_no_replace(source: str, destination: str) -> bool:
+    """Move the file named ``source`` to ``destination`` unless that name is taken.
+
+    One ``renameat2(RENAME_NOREPLACE)``: atomic and, like ``os.link``, failing on an
+    existing name, but it also drops the source name, so a temporary copy costs no
+    separate unlink. Where renameat2 is missing (old libc, a filesystem without it),
+    link then unlink. Returns False (nothing changed) when the destination exists.
+    """
+    import ctypes
+
+    global _renameat2
+    if _renameat2 is None:
+        libc = _load_libc()
+        _renameat2 = getattr(libc, "renameat2", False) if libc is not None else False
+        if _renameat2:
+            _renameat2.argtypes = [
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_uint,
+            ]
+            _renameat2.restype = ctypes.c_int
+    if _renameat2:
+        old, new = os.fsencode(source), os.fsencode(destination)
+        if _renameat2(_AT_FDCWD, old, _AT_FDCWD, new, _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), destination)
+        _renameat2 = False  # not on this filesystem: link and unlink from now on
+    if not link_no_replace(Path(source), Path(destination)):
+        return False
+    try:
+        os.unlink(source)
+    except FileNotFoundError:
+        pass  # link_no_replace fell back to a rename
+    return True
 
 
 def _rename_no_replace(source: str | Path, destination: str | Path) -> bool:

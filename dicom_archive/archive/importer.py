@@ -6,9 +6,9 @@ index row pointing at a missing or partial file, and never touches a source):
 1. each source is read once: its header parsed and validated, its bytes hashed
    and written to ``tmp/<pid>-<n>.part`` inside the archive;
 2. one ``syncfs`` makes every temporary copy durable;
-3. under the index write lock (``BEGIN IMMEDIATE``), each copy is linked to its
-   final name, never replacing an existing file (``os.link`` fails on an existing
-   name), and its temporary name removed;
+3. under the index write lock (``BEGIN IMMEDIATE``), each copy is moved to its
+   final name, never replacing an existing file (``renameat2(RENAME_NOREPLACE)``
+   fails on an existing name, as ``os.link`` does where renameat2 is missing);
 4. a second ``syncfs`` makes the new directory entries durable;
 5. the rows are added and the transaction commits (``synchronous=FULL``).
 
@@ -19,7 +19,6 @@ import of the same bytes; different bytes under that name are a conflict.
 from __future__ import annotations
 
 import concurrent.futures
-import concurrent.futures.process
 import ctypes
 import ctypes.util
 import dataclasses
@@ -28,8 +27,8 @@ import functools
 import hashlib
 import io
 import itertools
-import multiprocessing
 import os
+import signal
 import sqlite3
 import stat
 import threading
@@ -43,8 +42,8 @@ from typing import Any
 from dicom_archive.archive.conflicts import diff_files
 from dicom_archive.archive.dicomfile import read_header
 from dicom_archive.archive.faults import crash_point
-from dicom_archive.archive.fsutil import link_no_replace, make_dirs_durable, syncfs
-from dicom_archive.archive.index import NewInstance
+from dicom_archive.archive.fsutil import make_dirs_durable, move_no_replace, syncfs
+from dicom_archive.archive.index import NewInstance, StoredInstance
 from dicom_archive.archive.integrity import stale_temporaries
 from dicom_archive.archive.layout import TMP_SUFFIX, relative_instance_path
 from dicom_archive.archive.records import (
@@ -65,8 +64,11 @@ DEFAULT_BATCH_SIZE = 256
 WRITEBACK_MIN_SIZE = 64 * 1024
 #: Batches at least this large are read by the worker pool (when there is one).
 POOL_MIN_BATCH = 32
-#: ... and their files (sampled) at least this large on average.
-POOL_MIN_FILE_SIZE = 64 * 1024
+#: ... and their files (sampled) at least this large on average. 0: any size. The
+#: workers write the temporary copies themselves and send back only the header and
+#: the hash, so even 9 KB files gain: the parse, the hash and the kernel's file
+#: creation (about 0.3 ms of system time a file on these machines) use both cores.
+POOL_MIN_FILE_SIZE = 0
 
 _TRANSIENT_ERRNOS = {
     errno.ENOSPC: "disk full",
@@ -92,6 +94,8 @@ class _Staged:
     signature: SourceSignature
     started: float
     tmp: Path | None = None
+    #: The temporary copy's inode as its writer saw it (0: unknown, stat it).
+    inode: int = 0
     created_final: bool = False
     #: The temporary copy's inode, noted just before linking: an archived name with
     #: this inode is this batch's own, whatever instant an interrupt arrived at.
@@ -212,20 +216,53 @@ class Importer:
         # reads and copies while this one waits on syncfs and the commit's fsync.
         return _Reading(thread.map(reader, batch))
 
+    def start_pool(self) -> None:
+        """Start the worker pool now rather than with the first large batch (the
+        daemon: with other threads running, the pool forks from a fresh server
+        process, which takes a few hundred milliseconds to start)."""
+        if self.workers < 2:
+            return
+        pool = self._pool_or_none()
+        assert pool is not None
+        try:
+            # Processes start on demand: one trivial task each brings them up now.
+            for started in [pool.submit(os.getpid) for _ in range(self.workers)]:
+                started.result()
+        except Exception:  # no pool here after all: read in this process
+            self.close()
+            self.workers = 1
+
     def _pool_for(self, batch: list[Path]) -> concurrent.futures.ProcessPoolExecutor | None:
-        if self.workers < 2 or len(batch) < POOL_MIN_BATCH or not _large_files(batch):
+        if self.workers < 2 or len(batch) < POOL_MIN_BATCH:
             return None
+        if POOL_MIN_FILE_SIZE and not _large_files(batch):
+            return None
+        return self._pool_or_none()
+
+    def _pool_or_none(self) -> concurrent.futures.ProcessPoolExecutor | None:
         if self._pool is None:
             # fork is cheap but unsafe once other threads hold locks (the daemon
             # runs watchdog's); forkserver children start from a clean process.
+            import multiprocessing  # here: an import of a few files never needs it
+
             method = "fork" if threading.active_count() == 1 else "forkserver"
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                # The server imports the importer once; each worker forks from it.
+                context.set_forkserver_preload([__name__])
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context(method)
+                max_workers=self.workers,
+                mp_context=context,
+                initializer=_pool_worker_init,
+                # forkserver: the parent is the server, which exits with the importer.
+                initargs=(os.getpid() if method == "fork" else 0,),
             )
             self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False)
         return self._pool
 
-    def _read_all(self, batch: list[Path], reading: _Reading) -> Iterator[_ReadResult]:
+    def _read_all(
+        self, batch: list[Path], reading: _Reading
+    ) -> Iterator[_ReadResult] | list[_ReadResult]:
         if reading.results is None:
             # One file at a time: its bytes are written out (or dropped) before the
             # next is read, so memory holds one file, not a batch.
@@ -233,7 +270,7 @@ class Importer:
         done: list[_ReadResult] = []
         try:
             done.extend(reading.results)
-        except concurrent.futures.process.BrokenProcessPool:
+        except concurrent.futures.BrokenExecutor:  # BrokenProcessPool
             # A worker died (killed, out of memory): drop the pool, read here.
             for result, _ in done:
                 if isinstance(result, _Read) and result.tmp is not None:
@@ -241,7 +278,7 @@ class Importer:
             self._pool = None
             self.workers = 1
             return (self._read_here(source) for source in batch)
-        return iter(done)
+        return done
 
     def _read_here(self, source: Path) -> _ReadResult:
         return _read_source(source, self.archive.paths.tmp, os.getpid(), write=False)
@@ -255,6 +292,14 @@ class Importer:
         copies: list[Path] = []  # temporaries made while reading, for cleanup on error
         try:
             try:
+                # Read ahead (a list): one indexed look-up for the whole batch.
+                indexed = (
+                    self.archive.index.find_instances(
+                        [r.header.sop_instance_uid for r, _ in reads if isinstance(r, _Read)]
+                    )
+                    if isinstance(reads, list)
+                    else None
+                )
                 for position, (source, (read, signature)) in enumerate(
                     zip(batch, reads, strict=True)
                 ):
@@ -265,7 +310,7 @@ class Importer:
                     result = (
                         read
                         if isinstance(read, ImportOutcome)
-                        else self._classify(source, read, signature, pending_by_sop)
+                        else self._classify(source, read, signature, pending_by_sop, indexed)
                     )
                     if isinstance(result, ImportOutcome):
                         outcomes[position] = result
@@ -274,6 +319,7 @@ class Importer:
                         pending_by_sop[result.header.sop_instance_uid] = result
             except BaseException:
                 # Copies made for files not yet staged must not linger.
+                # (the rest of a generator; all of a list: unlinking twice is harmless)
                 for read, _ in reads:
                     if isinstance(read, _Read) and read.tmp is not None:
                         copies.append(read.tmp)
@@ -307,10 +353,16 @@ class Importer:
         read: _Read,
         signature: SourceSignature | None,
         pending: dict[str, _Staged],
+        indexed: dict[str, StoredInstance] | None = None,
     ) -> ImportOutcome | _Staged:
+        """``indexed``: the batch's rows already looked up (None: look this one up)."""
         header, sha256, size, started = read.header, read.sha256, read.size, read.started
         relative = relative_instance_path(header)
-        stored = self.archive.index.find_instance(header.sop_instance_uid)
+        stored = (
+            self.archive.index.find_instance(header.sop_instance_uid)
+            if indexed is None
+            else indexed.get(header.sop_instance_uid)
+        )
         earlier = pending.get(header.sop_instance_uid)
         known_sha, known_path = (
             (stored.sha256, stored.file_path)
@@ -345,10 +397,12 @@ class Importer:
         if read.write_error is not None:
             return _os_failure(source, read.write_error, started)
         assert signature is not None
-        item = _Staged(source, header, relative, sha256, size, signature, started, read.tmp)
+        item = _Staged(
+            source, header, relative, sha256, size, signature, started, read.tmp, read.inode
+        )
         if read.data is not None:
             try:
-                item.tmp = self._write_temporary(read.data)
+                item.tmp, item.inode = self._write_temporary(read.data)
             except OSError as exc:
                 return _os_failure(source, exc, started)
         return item
@@ -356,7 +410,7 @@ class Importer:
     def _new_temporary(self) -> Path:
         return _new_temporary(self.archive.paths.tmp, os.getpid())
 
-    def _write_temporary(self, data: bytes) -> Path:
+    def _write_temporary(self, data: bytes) -> tuple[Path, int]:
         return _write_temporary(data, self.archive.paths.tmp, os.getpid())
 
     # -- 2-4. make durable, link to final names ------------------------------
@@ -401,14 +455,15 @@ class Importer:
             assert item.tmp is not None
             final = root / item.relative_path
             try:
-                item.tmp_inode = os.stat(item.tmp).st_ino
+                item.tmp_inode = item.inode or os.stat(item.tmp).st_ino
                 if not self._link_into_known_folder(item.tmp, final, item.relative_path):
                     make_dirs_durable(root, Path(item.relative_path).parent)
-                    linked = link_no_replace(item.tmp, final)
+                    linked = move_no_replace(str(item.tmp), str(final))
                 else:
                     linked = True
                 if linked:
                     item.created_final = True
+                    item.tmp = None  # moved: the temporary name is gone
                 else:
                     existing_sha, _ = _hash_file(final)
                     if existing_sha != item.sha256:
@@ -432,20 +487,22 @@ class Importer:
                     item.tmp = None
 
     def _link_into_known_folder(self, tmp: Path, final: Path, relative: str) -> bool:
-        """Link when the series folder was seen before (no mkdir calls); False when
-        the folder is new to this importer, vanished, or the name is taken, so the
-        caller takes the general path (create folders, then link or compare).
+        """Move the copy to its final name when the series folder was seen before (no
+        mkdir calls); False when the folder is new to this importer, vanished, or the
+        name is taken, so the caller takes the general path (create folders, then
+        move or compare).
         """
         folder = relative.rpartition("/")[0]
         if folder not in self._folders:
             self._folders.add(folder)
             return False
         try:
-            os.link(tmp, final)
+            if move_no_replace(str(tmp), str(final)):
+                return True
         except OSError:
-            self._folders.discard(folder)
-            return False
-        return True
+            pass
+        self._folders.discard(folder)
+        return False
 
     # -- 5. the rows, in the transaction that holds the links ----------------
 
@@ -531,6 +588,7 @@ class _Read:
     started: float
     data: bytes | None = None
     tmp: Path | None = None
+    inode: int = 0
     write_error: OSError | None = None
 
 
@@ -555,6 +613,7 @@ def _read_source(source: Path, tmp_dir: Path, owner_pid: int, write: bool) -> _R
     signature: SourceSignature | None = None
     tmp: Path | None = None
     data: bytes | None = None
+    inode = 0
     try:
         info = os.stat(source)
         if not _is_regular(info.st_mode):
@@ -570,7 +629,7 @@ def _read_source(source: Path, tmp_dir: Path, owner_pid: int, write: bool) -> _R
             with open(source, "rb") as handle:
                 header = read_header(handle, info.st_size, name)
             # Streamed: the copy and the hash come from one read of the source.
-            tmp, sha256, size = _stream_to_temporary(source, tmp_dir, owner_pid)
+            tmp, sha256, size, inode = _stream_to_temporary(source, tmp_dir, owner_pid)
     except RejectedFile as exc:
         return _outcome(source, Outcome.REJECTED, started, reason=exc.reason), signature
     except FileNotFoundError:
@@ -579,13 +638,43 @@ def _read_source(source: Path, tmp_dir: Path, owner_pid: int, write: bool) -> _R
     except OSError as exc:
         return _os_failure(source, exc, started), signature
     if not write or data is None:
-        return _Read(header, sha256, size, started, data=data, tmp=tmp), signature
+        return _Read(header, sha256, size, started, data=data, tmp=tmp, inode=inode), signature
     try:
-        tmp = _write_temporary(data, tmp_dir, owner_pid)
+        tmp, inode = _write_temporary(data, tmp_dir, owner_pid)
     except OSError as exc:
         # Reported only if the file is new: a duplicate never needed the copy.
         return _Read(header, sha256, size, started, write_error=exc), signature
-    return _Read(header, sha256, size, started, tmp=tmp), signature
+    return _Read(header, sha256, size, started, tmp=tmp, inode=inode), signature
+
+
+_PR_SET_PDEATHSIG = 1
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def _pool_worker_init(parent_pid: int) -> None:
+    """A pool worker dies with the importer and leaves Ctrl-C to it.
+
+    A killed importer (SIGKILL, OOM) would otherwise leave its workers waiting on
+    their queue for ever, holding the parent's stdout and stderr open. What they
+    were writing is a temporary copy under the dead importer's pid: stale, cleared
+    by the next import.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        libc = ctypes.CDLL(name, use_errno=True)
+        if hasattr(libc, "prctl"):
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if hasattr(libc, "mallopt"):
+            # Each file is read into a new bytes object; above glibc's default 128 KiB
+            # that is a fresh mmap, zero-filled page by page (128 page faults for a
+            # 512 KiB file) and unmapped again. Keeping such buffers on the heap lets
+            # the next file reuse the same, already mapped memory.
+            libc.mallopt(_M_MMAP_THRESHOLD, WHOLE_READ_LIMIT)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * WHOLE_READ_LIMIT)
+    if parent_pid and os.getppid() != parent_pid:  # died before prctl took effect
+        os._exit(1)
 
 
 def _discard(reading: _Reading) -> None:
@@ -617,42 +706,62 @@ def _large_files(batch: list[Path]) -> bool:
 
 def _new_temporary(tmp_dir: Path, owner_pid: int) -> Path:
     """``tmp/<importer pid>-<n>.part``; a pool worker adds its own pid after the dash."""
-    tmp_dir.mkdir(exist_ok=True)
     me = os.getpid()
     tag = f"{owner_pid}-" if me == owner_pid else f"{owner_pid}-{me}."
     return tmp_dir / f"{tag}{next(_counter)}{TMP_SUFFIX}"
 
 
-def _write_temporary(data: bytes, tmp_dir: Path, owner_pid: int) -> Path:
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_temporary(tmp_dir: Path, owner_pid: int) -> tuple[Path, int]:
+    """A new temporary name and its open descriptor; ``tmp/`` made only when missing
+    (no mkdir call per file)."""
     tmp = _new_temporary(tmp_dir, owner_pid)
     try:
-        with open(tmp, "xb") as out:
-            out.write(data)
+        return tmp, os.open(tmp, _NEW_FILE, 0o644)
+    except FileNotFoundError:
+        tmp_dir.mkdir(exist_ok=True)
+        return tmp, os.open(tmp, _NEW_FILE, 0o644)
+
+
+def _write_temporary(data: bytes, tmp_dir: Path, owner_pid: int) -> tuple[Path, int]:
+    """Write ``data`` to a new temporary copy: (its path, its inode)."""
+    tmp, fd = _create_temporary(tmp_dir, owner_pid)
+    try:
+        try:
+            # Plain os.write: open() would add an fstat and an isatty ioctl per file.
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if len(data) >= WRITEBACK_MIN_SIZE:
-                out.flush()
-                _start_writeback(out.fileno())
+                _start_writeback(fd)
+            inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    return tmp
+    return tmp, inode
 
 
-def _stream_to_temporary(source: Path, tmp_dir: Path, owner_pid: int) -> tuple[Path, str, int]:
-    tmp = _new_temporary(tmp_dir, owner_pid)
+def _stream_to_temporary(source: Path, tmp_dir: Path, owner_pid: int) -> tuple[Path, str, int, int]:
+    tmp, fd = _create_temporary(tmp_dir, owner_pid)
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(source, "rb") as handle, open(tmp, "xb") as out:
+        with open(source, "rb") as handle, open(fd, "wb", closefd=True) as out:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
             out.flush()
-            _start_writeback(out.fileno())
+            _start_writeback(fd)
+            inode = os.fstat(fd).st_ino
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    return tmp, digest.hexdigest(), size
+    return tmp, digest.hexdigest(), size, inode
 
 
 _SYNC_FILE_RANGE_WRITE = 2

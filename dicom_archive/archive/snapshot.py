@@ -3,6 +3,14 @@
 Written for tools that read the original format. Streamed study by study, so
 memory stays flat however large the archive; replaced atomically (temporary file,
 fsync, rename, fsync of the folder), so a reader never sees half a file.
+
+When it is written (see README, "archive_index.json"): a full rewrite grows with
+the archive (about 8 s at 1,000,000 instances), so a command that changed a few
+files rewrites it only when that is cheap next to its own work
+(``refresh_if_cheap``); otherwise the previous document stays in place, complete
+and valid but *stale*, until ``dicom-archive snapshot`` or the daemon rewrites it.
+Each rewrite records in the index's meta table which state of the index it shows
+and what it cost, so staleness and the next cost are known without reading it.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +28,20 @@ from dicom_archive.archive.index import SHOWN_STUDY_DATE, Index
 from dicom_archive.archive.layout import ArchivePaths
 
 SNAPSHOT_VERSION = "1.0"
+#: A command may rewrite the snapshot when that is expected to cost at most this
+#: share of its own running time ...
+CHEAP_SHARE = 0.10
+#: ... or at most this long, whatever it did.
+CHEAP_SECONDS = 0.05
+#: The expected cost per instance before any rewrite was timed (measured: about
+#: 8 s at 1,000,000 instances).
+DEFAULT_SECONDS_PER_INSTANCE = 10e-6
+
+# meta keys kept by write_snapshot
+_META_OF = "snapshot_of"
+_META_SECONDS = "snapshot_seconds"
+_META_INSTANCES = "snapshot_instances"
+_META_WRITTEN = "snapshot_written_at"
 #: Up to this many instances `list --format json` is indented for people; beyond,
 #: it streams compact JSON in flat memory.
 _INDENT_LIMIT = 20_000
@@ -126,22 +150,122 @@ def write_json_document(index: Index, out: IO[str], indent: bool = False) -> Non
     out.write("]}\n")
 
 
+def index_version(index: Index) -> str:
+    """What changes whenever the index's content does (``modified_at`` alone has 1 s
+    steps, so the instance count and the newest instance id go with it)."""
+    row = index.connection.execute("SELECT MAX(id) FROM instances").fetchone()
+    return f"{index.meta('modified_at')}|{index.instance_count()}|{row[0]}"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotState:
+    """Whether ``archive_index.json`` shows the index as it is now."""
+
+    #: True: in step; False: stale (an older, complete document); None: unknown
+    #: (written by a version that did not record it, or never written).
+    current: bool | None
+    written_at: str | None
+    instances: int | None
+    seconds: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "current": self.current,
+            "writtenAt": self.written_at,
+            "instances": self.instances,
+            "seconds": self.seconds,
+        }
+
+    def describe(self) -> str:
+        if self.current:
+            return f"current (written {self.written_at})"
+        if self.current is None:
+            return "unknown (run: dicom-archive snapshot)"
+        return (
+            f"stale (written {self.written_at} with {self.instances} instances; "
+            "run: dicom-archive snapshot)"
+        )
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def snapshot_state(paths: ArchivePaths, index: Index) -> SnapshotState:
+    with index.read():
+        of = index.meta(_META_OF)
+        current = (of == index_version(index)) if of is not None else None
+        instances = _float(index.meta(_META_INSTANCES))
+        state = SnapshotState(
+            current=current if paths.snapshot.is_file() else False if of else None,
+            written_at=index.meta(_META_WRITTEN),
+            instances=None if instances is None else int(instances),
+            seconds=_float(index.meta(_META_SECONDS)),
+        )
+    return state
+
+
+def expected_cost(index: Index) -> float:
+    """Seconds a rewrite is expected to take now: the last one's cost per instance
+    (at least the default's floor), times the instances now."""
+    seconds = _float(index.meta(_META_SECONDS))
+    instances = _float(index.meta(_META_INSTANCES))
+    per_instance = (
+        seconds / instances if seconds is not None and instances else DEFAULT_SECONDS_PER_INSTANCE
+    )
+    return per_instance * index.instance_count()
+
+
+def refresh_if_cheap(paths: ArchivePaths, index: Index, work_seconds: float) -> bool:
+    """After a change that took ``work_seconds``: rewrite the snapshot if that is
+    expected to cost at most ``CHEAP_SHARE`` of it or ``CHEAP_SECONDS``; otherwise
+    leave the previous (complete, valid, stale) document. True when rewritten."""
+    if expected_cost(index) > max(CHEAP_SECONDS, CHEAP_SHARE * work_seconds):
+        return False
+    write_snapshot(paths, index)
+    return True
+
+
 def write_snapshot(paths: ArchivePaths, index: Index) -> Path:
-    """Rewrite ``archive_index.json`` atomically from one consistent read of the index."""
+    """Rewrite ``archive_index.json`` atomically from one consistent read of the index,
+    then note in the index which state it shows and what it cost."""
     target = paths.snapshot
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    started = time.perf_counter()
     try:
         with index.read(), open(temporary, "w", encoding="utf-8") as out:
+            version = index_version(index)
+            instances = index.instance_count()
             write_json_document(index, out)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, target)
+        seconds = time.perf_counter() - started
+        # The rename and its record under one write lock: with two writers at once,
+        # the document left in place and the version recorded are the same one's.
+        with index.write() as connection:
+            os.replace(temporary, target)
+            _fsync_folder(paths.root)  # before the record claims it
+            connection.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [
+                    (_META_OF, version),
+                    (_META_SECONDS, f"{seconds:.6f}"),
+                    (_META_INSTANCES, str(instances)),
+                    (_META_WRITTEN, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                ],
+            )
     finally:
         if temporary.exists():
             temporary.unlink()
-    directory = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY)
+    return target
+
+
+def _fsync_folder(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return target

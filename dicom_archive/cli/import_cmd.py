@@ -16,7 +16,8 @@ from typing import Any
 from dicom_archive.archive import conflicts
 from dicom_archive.archive.importer import Importer
 from dicom_archive.archive.records import ImportOutcome, ImportSummary, Outcome
-from dicom_archive.archive.snapshot import write_snapshot
+from dicom_archive.archive.snapshot import expected_cost, refresh_if_cheap
+from dicom_archive.archive.store import Archive
 from dicom_archive.cli.common import ProgressBar, add_archive_option, open_from_args, safe
 from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
 
@@ -157,6 +158,18 @@ def summary_line(summary: ImportSummary) -> str:
     return text + f", {megabytes:.1f} MB in {summary.seconds:.1f} s"
 
 
+def _refresh_snapshot(archive: Archive, seconds: float) -> None:
+    """Rewrite archive_index.json when that is cheap next to this import; otherwise
+    leave the previous document (complete, valid, stale) and say so."""
+    if not refresh_if_cheap(archive.paths, archive.index, seconds):
+        print(
+            f"archive_index.json left stale (rewriting it takes about "
+            f"{expected_cost(archive.index):.1f} s); to rewrite it now: "
+            f"dicom-archive snapshot -a {safe(archive.root)}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     summary = ImportSummary()
@@ -196,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             # (a batch may have committed just before its outcomes reached us).
             progress.close()
             importer.discard_own_temporaries()
-            write_snapshot(archive.paths, archive.index)
+            _refresh_snapshot(archive, time.perf_counter() - started)
             summary.seconds = time.perf_counter() - started
             if as_json:
                 print(json_line(summary_json(summary, interrupted=True)))
@@ -205,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         progress.close()
         if summary.imported:
-            write_snapshot(archive.paths, archive.index)
+            _refresh_snapshot(archive, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
     print(json_line(summary_json(summary)) if as_json else summary_line(summary))
     problems = summary.conflicts + summary.rejected + summary.failed

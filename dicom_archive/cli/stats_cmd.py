@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from dicom_archive.archive.snapshot import snapshot_state
 from dicom_archive.archive.stats import archive_stats
 from dicom_archive.cli.common import (
     add_archive_option,
@@ -34,8 +35,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as archive:
         stats = archive_stats(archive.index)
+        snapshot = snapshot_state(archive.paths, archive.index)
     if args.format == "json":
-        print(json.dumps(stats.as_json(), ensure_ascii=False, indent=2))
+        document = dict(stats.as_json(), snapshot=snapshot.as_json())
+        print(json.dumps(document, ensure_ascii=False, indent=2))
         return 0
     print(f"Patients:    {stats.patients}")
     print(f"Studies:     {stats.studies}")
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if stats.studies_without_patient_id:
         print(f"Studies without a Patient ID: {stats.studies_without_patient_id}")
     print_several_names(stats.patient_ids_with_several_names)
+    print(f"Snapshot:    archive_index.json {snapshot.describe()}")
     if stats.modalities:
         print()
         print(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dicom_archive.archive.snapshot import snapshot_state
 from dicom_archive.archive.store import open_archive
 from dicom_archive.cli.common import safe
 from dicom_archive.daemon.config import load_config
@@ -148,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
     )
     with open_archive(archive_path) as archive:
         status = read_status(archive, errors=max(0, args.errors))
+        snapshot = snapshot_state(archive.paths, archive.index)
     if args.format == "json":
-        print(json.dumps(status_json(status), ensure_ascii=False, indent=2))
+        document = dict(status_json(status), snapshot=snapshot.as_json())
+        print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         print(render_text(archive_path, status))
+        print(f"Snapshot:     archive_index.json {snapshot.describe()}")
     return EXIT_OK if status.running else EXIT_PROBLEMS

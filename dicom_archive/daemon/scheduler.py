@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dicom_archive.archive.index import Index, now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
-from dicom_archive.archive.snapshot import write_snapshot
+from dicom_archive.archive.snapshot import snapshot_state, write_snapshot
 from dicom_archive.archive.store import Archive, open_archive
 from dicom_archive.daemon.runtime import Runtime
 from dicom_archive.errors import ArchiveError
@@ -68,7 +68,6 @@ class Scheduler(threading.Thread):
         super().__init__(name="dicom-archive-scheduler")
         self.runtime = runtime
         self.archive_root = runtime.config.archive
-        self._snapshot_of: tuple[object, ...] | None = None
         self.last_result: CheckResult | None = None
 
     def run(self) -> None:
@@ -78,7 +77,6 @@ class Scheduler(threading.Thread):
             pass
         rt = self.runtime
         with open_archive(self.archive_root) as archive:
-            self._snapshot_of = _version(archive.index)
             next_snapshot = time.monotonic() + rt.config.snapshot_interval
             deferred_since: float | None = None
             while not rt.stop.wait(1.0):
@@ -171,18 +169,11 @@ class Scheduler(threading.Thread):
         return result
 
     def refresh_snapshot(self, archive: Archive) -> bool:
-        """Rewrite ``archive_index.json`` if the index changed since the last one."""
-        modified = _version(archive.index)
-        if modified == self._snapshot_of:
+        """Rewrite ``archive_index.json`` unless it shows the index as it is now: also
+        when a CLI import left it stale (see ``snapshot.refresh_if_cheap``)."""
+        if snapshot_state(archive.paths, archive.index).current:
             return False
         started = time.perf_counter()
         write_snapshot(archive.paths, archive.index)
-        self._snapshot_of = modified
         log.info("snapshot written", ms=round((time.perf_counter() - started) * 1000, 1))
         return True
-
-
-def _version(index: Index) -> tuple[object, ...]:
-    """What changes whenever the index's content does (modified_at alone has 1 s steps)."""
-    row = index.connection.execute("SELECT MAX(id) FROM instances").fetchone()
-    return (index.meta("modified_at"), index.instance_count(), row[0])

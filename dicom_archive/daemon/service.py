@@ -129,6 +129,11 @@ class Daemon:
 
     def _run(self, archive: Archive) -> int:
         config = self.config
+        # A thread that dies (watchdog's observer, say) is logged as one JSON event
+        # under the log's lock, not as a raw traceback on stderr, which could land in
+        # the middle of another thread's log line (seen once the disposer thread
+        # logged while the observer died: an "imported" line lost to the parser).
+        threading.excepthook = _log_thread_death
         self._warn_about_filesystems(config)
         _remove_stale_temporaries(archive)
         run_id = _start_run(archive.index, config)
@@ -368,6 +373,15 @@ class Daemon:
         if new_lock is not None and self._incoming_lock is not None:
             self._incoming_lock.release()
             self._incoming_lock = new_lock
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "?"
+    log.error(
+        "thread died",
+        thread=name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def _make_folder(folder: Path) -> None:

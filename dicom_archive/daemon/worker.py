@@ -1,8 +1,11 @@
 """The importer thread: takes due paths in batches and gives every file one outcome.
 
-A batch goes through the archive's own ``Importer`` (the CLI's code path): one
-group commit for many files. Only after that commit does anything happen to the
-sources, and a source is removed only if it still is the file that was read.
+Due paths stream into the archive's own ``Importer.import_files`` (the CLI's code
+path): one group commit for many files, the next batch read (by the worker pool)
+while the current one commits. Only after that commit does anything happen to the
+sources, and a source is removed only if it still is the file that was read. What
+happens to the sources runs on a second thread (the disposer), so the unlinks and
+folder fsyncs of one batch overlap the import of the next.
 
 - imported / identical duplicate: removed (or moved to the processed folder);
 - conflict / rejected: moved to the rejected folder with ``NAME.reason.txt`` (for a
@@ -14,13 +17,17 @@ sources, and a source is removed only if it still is the file that was read.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import queue
 import sqlite3
 import stat
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from structlog.contextvars import bound_contextvars
@@ -78,32 +85,142 @@ class Worker(threading.Thread):
         self.last_progress = time.monotonic()
         self._noted: set[str] = set()
         self._errors: list[tuple[str, str, str, str]] = []
+        self._errors_lock = threading.Lock()
+        #: Outcomes on their way to the disposer thread; None stops it.
+        self._handoff: queue.Queue[_Handoff | None] = queue.Queue()
 
     def run(self) -> None:
         rt = self.runtime
-        with open_archive(self.archive_root) as archive:
-            importer = Importer(archive, batch_size=rt.config.batch_size)
-            while not rt.stop.is_set():
-                self.last_progress = time.monotonic()
-                config = rt.config
-                jobs = rt.queue.take(config.batch_size, timeout=0.5)
-                if not jobs:
-                    continue
-                importer.batch_size = config.batch_size
+        disposer = threading.Thread(
+            target=self._dispose_loop, name="dicom-archive-disposer", daemon=True
+        )
+        disposer.start()
+        try:
+            with open_archive(self.archive_root) as archive:
+                importer = Importer(archive, batch_size=rt.config.batch_size)
                 try:
-                    self._process(importer, jobs, config)
-                except Exception:
-                    # A bug outside the per-file handling: keep the files (they are
-                    # still in incoming) and carry on; the next look retries them.
-                    log.exception("worker batch failed", files=len(jobs))
-                    for job in jobs:
-                        rt.queue.put_back(job, backoff(job.attempts, config.settle_time, 60))
-                self._record(archive.index)
-                self._limit_wal(archive.index)
+                    importer.start_pool()
+                    while not rt.stop.is_set():
+                        self.last_progress = time.monotonic()
+                        config = rt.config
+                        jobs = rt.queue.take(config.batch_size, timeout=0.5)
+                        if not jobs:
+                            continue
+                        importer.batch_size = config.batch_size
+                        self._stream(importer, archive.index, jobs, config)
+                        # Nothing more is due: let the disposer catch up, so the counts
+                        # recorded (and `status`) include this stream's last files.
+                        self._handoff.join()
+                        self._record(archive.index)
+                        self._limit_wal(archive.index)
+                finally:
+                    importer.close()
+        finally:
+            self._handoff.put(None)  # the disposer finishes what it was given, then stops
+            disposer.join()
 
-    # -- one batch ------------------------------------------------------------
+    # -- importing: a stream of due paths --------------------------------------
 
-    def _process(self, importer: Importer, jobs: Sequence[Job], config: DaemonConfig) -> None:
+    def _stream(
+        self, importer: Importer, index: Index, first: Sequence[Job], config: DaemonConfig
+    ) -> None:
+        """Import ``first`` and whatever else is due meanwhile as one stream, so the
+        importer reads each batch ahead while the previous one commits; the stream
+        ends when nothing more is due (its last batch then commits at once)."""
+        rt = self.runtime
+        pending: collections.deque[tuple[Job, Signature]] = collections.deque()
+
+        def ready() -> Iterator[Path]:
+            jobs = first
+            while True:
+                for job, signature in self._ready(jobs, config):
+                    pending.append((job, signature))
+                    yield Path(job.path)
+                if rt.stop.is_set():
+                    return
+                jobs = rt.queue.take(config.batch_size, timeout=0)
+                if not jobs:
+                    return
+
+        handed = 0
+        try:
+            with contextlib.closing(importer.import_files(ready())) as outcomes:
+                for outcome in outcomes:
+                    job, signature = pending.popleft()
+                    self._handoff.put(_Handoff(job, signature, outcome, config))
+                    handed += 1
+                    if handed % config.batch_size == 0:
+                        self.last_progress = time.monotonic()
+                        self._record(index)
+                        self._limit_wal(index)
+        except Exception:
+            # The stream broke (a bug, not a file's outcome): what is left goes through
+            # one batch at a time, and one by one if that fails too, so a file that
+            # trips the importer is set aside instead of retried for ever.
+            log.exception("import stream failed", files=len(pending))
+            left = list(pending)
+            pending.clear()
+            try:
+                outcomes_left = self._import(importer, [Path(job.path) for job, _ in left])
+                for (job, signature), outcome in zip(left, outcomes_left, strict=True):
+                    self._handoff.put(_Handoff(job, signature, outcome, config))
+            except Exception:
+                # Keep the files (they are still in incoming); the next look retries them.
+                log.exception("worker batch failed", files=len(left))
+                for job, _ in left:
+                    rt.queue.put_back(job, backoff(job.attempts, config.settle_time, 60))
+
+    # -- the disposer: what happens to the sources ----------------------------
+
+    def _dispose_loop(self) -> None:
+        """Apply outcomes to the sources (remove, set aside, retry), then fsync the
+        incoming folders they left, once per group of outcomes taken together."""
+        while True:
+            item = self._handoff.get()
+            touched: set[Path] = set()
+            stop = False
+            taken = 1
+            while item is not None:
+                self._apply(item, touched)
+                if len(touched) >= 64:
+                    break
+                try:
+                    item = self._handoff.get_nowait()
+                    taken += 1
+                except queue.Empty:
+                    break
+            else:
+                stop = True
+            for folder in touched:
+                try:
+                    fsync_dir(folder)
+                except FileNotFoundError:
+                    continue  # emptied and removed by the scanner's tidy meanwhile
+                except OSError as exc:
+                    log.warning("cannot fsync folder", folder=str(folder), error=str(exc))
+                self.runtime.add_tidy(folder)
+            for _ in range(taken):
+                self._handoff.task_done()
+            if stop:
+                return
+
+    def _apply(self, item: _Handoff, touched: set[Path]) -> None:
+        job, config = item.job, item.config
+        with bound_contextvars(path=job.path):
+            try:
+                self._handle(job, item.signature, item.outcome, config, touched)
+            except OSError as exc:
+                self._retry(job, item.signature, config, f"cannot move the source: {exc}")
+            except Exception as exc:
+                log.exception("unexpected error handling a file")
+                self._error("error", job.path, f"{exc.__class__.__name__}: {exc}")
+                self.runtime.queue.put_back(job, backoff(job.attempts, config.settle_time, 300))
+
+    # -- which jobs are ready -------------------------------------------------
+
+    def _ready(self, jobs: Sequence[Job], config: DaemonConfig) -> list[tuple[Job, Signature]]:
+        """The jobs whose files are regular and settled; the others are dealt with
+        (links set aside, FIFOs skipped, unsettled ones put back)."""
         rt = self.runtime
         ready: list[tuple[Job, Signature]] = []
         now = time.monotonic()
@@ -129,26 +246,7 @@ class Worker(threading.Thread):
                 rt.queue.put_back(Job(job.path, signature, now, job.attempts), config.settle_time)
                 continue
             ready.append((job, signature))
-        if not ready:
-            return
-        outcomes = self._import(importer, [Path(job.path) for job, _ in ready])
-        touched: set[Path] = set()
-        for (job, signature), outcome in zip(ready, outcomes, strict=True):
-            with bound_contextvars(path=job.path):
-                try:
-                    self._handle(job, signature, outcome, config, touched)
-                except OSError as exc:
-                    self._retry(job, signature, config, f"cannot move the source: {exc}")
-                except Exception as exc:
-                    log.exception("unexpected error handling a file")
-                    self._error("error", job.path, f"{exc.__class__.__name__}: {exc}")
-                    rt.queue.put_back(job, backoff(job.attempts, config.settle_time, 300))
-        for folder in touched:
-            try:
-                fsync_dir(folder)
-            except OSError as exc:
-                log.warning("cannot fsync folder", folder=str(folder), error=str(exc))
-            rt.add_tidy(folder)
+        return ready
 
     def _settled(
         self,
@@ -383,13 +481,15 @@ class Worker(threading.Thread):
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _error(self, kind: str, path: str, message: str) -> None:
-        if len(self._errors) < ERRORS_KEPT:
-            self._errors.append((now_iso(), kind, path, message))
+        with self._errors_lock:
+            if len(self._errors) < ERRORS_KEPT:
+                self._errors.append((now_iso(), kind, path, message))
 
     def _record(self, index: Index) -> None:
         """Counts and recent problems into the index: one small transaction per batch."""
         counts = self.runtime.counters.snapshot()
-        errors, self._errors = self._errors, []
+        with self._errors_lock:
+            errors, self._errors = self._errors, []
         try:
             with index.write() as db:
                 db.execute(
@@ -418,6 +518,16 @@ class Worker(threading.Thread):
             # A locked index or a full disk: the counts catch up with the next batch;
             # letting this escape would kill the worker thread.
             log.warning("cannot record counts", error=str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class _Handoff:
+    """One outcome for the disposer, with the job and the config it was imported under."""
+
+    job: Job
+    signature: Signature
+    outcome: ImportOutcome
+    config: DaemonConfig
 
 
 def _unchanged(path: Path, seen: SourceSignature) -> bool:

@@ -110,14 +110,14 @@ def test_full_disk_keeps_the_source_and_reports_it(
     archive: Archive, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     source = write_instance(tmp_path / "a.dcm")
-    real_open = open
+    real_open = os.open
 
-    def no_space(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
-        if "x" in mode:
+    def no_space(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if flags & os.O_EXCL:  # creating the temporary copy
             raise OSError(28, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", no_space)
+    monkeypatch.setattr("os.open", no_space)
     [outcome] = import_paths(archive, [source])
     monkeypatch.undo()
     assert outcome.outcome is Outcome.FAILED and outcome.reason == "disk full"
