@@ -248,42 +248,59 @@ def find_section(report: Report, work: Path, instances: int, reps: int) -> None:
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     from bench.scale import build_bulk_archive, scale_spec
-    from dicom_archive.network.server import DicomServer, no_delay
-    from dicom_archive.network.settings import DicomSettings, Peer
+    from dicom_archive.network.server import no_delay
 
     root = work / "find-archive"
     built = build_bulk_archive(root, scale_spec(instances))
     model = StudyRootQueryRetrieveInformationModelFind
+    port = free_port()
+    # The listener in its own process, as a deployment runs it: in this one it would
+    # share the GIL (and pynetdicom's polling loops) with the client being timed.
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicom_archive",
+            "listen",
+            "-a",
+            str(root),
+            "--port",
+            str(port),
+            "--peer",
+            "BENCH=127.0.0.1:0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        with DicomServer(root, DicomSettings(port=0, peers=(Peer("BENCH", "127.0.0.1", 0),))) as s:
-            ae = AE(ae_title="BENCH")
-            ae.add_requested_context(model)
-            # A viewer's socket, like ours, without Nagle's delay on small writes.
-            assoc = ae.associate(
-                "127.0.0.1",
-                s.port,
-                ae_title="DICOM_ARCHIVE",
-                evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
-            )
-            samples: list[float] = []
-            matches = 0
-            for n in range(reps + 3):
-                query = Dataset()
-                query.QueryRetrieveLevel = "STUDY"
-                query.PatientName = "DOE*"
-                query.StudyInstanceUID = ""
-                query.StudyDate = ""
-                query.ModalitiesInStudy = ""
-                query.NumberOfStudyRelatedInstances = ""
-                began = time.perf_counter()
-                answers = [
-                    r for st, r in assoc.send_c_find(query, model) if st and st.Status == 0xFF00
-                ]
-                if n >= 3:  # the first requests warm the caches
-                    samples.append((time.perf_counter() - began) * 1000)
-                    matches = len(answers)
-            assoc.release()
+        _wait_port(port, 30)
+        ae = AE(ae_title="BENCH")
+        ae.add_requested_context(model)
+        # A viewer's socket, like ours, without Nagle's delay on small writes.
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="DICOM_ARCHIVE",
+            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
+        )
+        samples: list[float] = []
+        matches = 0
+        for n in range(reps + 3):
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientName = "DOE*"
+            query.StudyInstanceUID = ""
+            query.StudyDate = ""
+            query.ModalitiesInStudy = ""
+            query.NumberOfStudyRelatedInstances = ""
+            began = time.perf_counter()
+            answers = [r for st, r in assoc.send_c_find(query, model) if st and st.Status == 0xFF00]
+            if n >= 3:  # the first requests warm the caches
+                samples.append((time.perf_counter() - began) * 1000)
+                matches = len(answers)
+        assoc.release()
     finally:
+        _stop(listener)
         shutil.rmtree(root, ignore_errors=True)
     report.add(
         Result(
