@@ -63,15 +63,9 @@ def _senders(files: list[Path], port: int, called: str, senders: int) -> float:
     return time.perf_counter() - started
 
 
-def _ours(files: list[Path], folder: Path, senders: int) -> tuple[float, int]:
-    archive = folder / "archive"
-    subprocess.run(
-        [sys.executable, "-m", "dicom_archive", "init", "-p", str(archive)],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    process = subprocess.Popen(
+def _listener(archive: Path, port: int) -> subprocess.Popen[bytes]:
+    """`dicom-archive listen` on loopback in its own process, as a deployment runs it."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -87,6 +81,17 @@ def _ours(files: list[Path], folder: Path, senders: int) -> tuple[float, int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _ours(files: list[Path], folder: Path, senders: int) -> tuple[float, int]:
+    archive = folder / "archive"
+    subprocess.run(
+        [sys.executable, "-m", "dicom_archive", "init", "-p", str(archive)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    process = _listener(archive, port)
     try:
         _wait_port(port, 30)
         seconds = _senders(files, port, "DICOM_ARCHIVE", senders)
@@ -256,22 +261,7 @@ def find_section(report: Report, work: Path, instances: int, reps: int) -> None:
     port = free_port()
     # The listener in its own process, as a deployment runs it: in this one it would
     # share the GIL (and pynetdicom's polling loops) with the client being timed.
-    listener = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicom_archive",
-            "listen",
-            "-a",
-            str(root),
-            "--port",
-            str(port),
-            "--peer",
-            "BENCH=127.0.0.1:0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    listener = _listener(root, port)
     try:
         _wait_port(port, 30)
         ae = AE(ae_title="BENCH")
