@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,11 +105,15 @@ def test_an_association_flood_is_bounded_and_the_listener_survives(server: Dicom
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed")
 def test_a_sender_killed_mid_instance_leaves_nothing_half_archived(
-    server: DicomServer, tmp_path: Path
+    server: DicomServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """storescu is SIGKILLed while a 64 MB instance is on the wire: nothing was
-    acknowledged, nothing is archived, no temporary is left, the listener goes on."""
-    big = write_instance(tmp_path / "big.dcm", rows=4096, columns=4096 * 2)
+    """storescu is SIGKILLed while a 128 MB instance is on the wire (its first megabytes
+    have reached the listener's spool file): nothing was acknowledged, nothing is
+    archived, no temporary is left, the listener goes on."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where pynetdicom receives
+    big = write_instance(tmp_path / "big.dcm", rows=8192, columns=8192)
     sender = subprocess.Popen(
         [
             "storescu",
@@ -125,9 +130,20 @@ def test_a_sender_killed_mid_instance_leaves_nothing_half_archived(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.6)
+
+    def receiving() -> bool:
+        return any(f.stat().st_size > 1_000_000 for f in spool.glob("*.dcm"))
+
+    deadline = time.monotonic() + 30
+    while not receiving():
+        assert time.monotonic() < deadline and sender.poll() is None, "nothing arrived"
+        time.sleep(0.005)
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
+    received = (
+        max(f.stat().st_size for f in spool.glob("*.dcm")) if list(spool.glob("*.dcm")) else 0
+    )
+    assert received < big.stat().st_size, "the whole instance arrived before the kill"
     time.sleep(0.5)
     with open_archive(server.archive_root) as archive:
         assert archive.index.instance_count() == 0
