@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,10 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.peers import ORTHANC, STORESCP, STORESCU, _stop, _wait_port, available, run_child
+from bench.peers import (
+    DCMTK_ENV,
+    ORTHANC,
+    STORESCP,
+    STORESCU,
+    _stop,
+    _wait_port,
+    available,
+    run_child,
+    start_storescp,
+)
 from bench.util import Report, Result, free_port, median, percentile
-
-_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def _senders(files: list[Path], port: int, called: str, senders: int) -> float:
@@ -52,7 +59,7 @@ def _senders(files: list[Path], port: int, called: str, senders: int) -> float:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_ENV,
+            env=DCMTK_ENV,
         )
         for share in shares
         if share
@@ -110,14 +117,8 @@ def _storescp(files: list[Path], folder: Path, senders: int) -> tuple[float, int
     out = folder / "out"
     out.mkdir()
     port = free_port()
-    process = subprocess.Popen(
-        [STORESCP, "-aet", "BENCH", "-od", str(out), "-dhl", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_ENV,
-    )
+    process = start_storescp(out, port)
     try:
-        _wait_port(port, 30)
         seconds = _senders(files, port, "BENCH", senders)
     finally:
         _stop(process)

@@ -187,23 +187,36 @@ def orthanc_child(corpus: Path, uploaders: int, finds: list[dict[str, Any]]) -> 
 # -- DCMTK ----------------------------------------------------------------------------
 
 
+#: DCMTK reads TCP_NODELAY from the environment; without it Nagle's algorithm meets
+#: delayed ACKs on loopback and each C-STORE waits ~90 ms.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def start_storescp(out: Path, port: int) -> subprocess.Popen[bytes]:
+    """DCMTK's storescp writing what it receives into ``out``; returns once it listens."""
+    process = subprocess.Popen(
+        [STORESCP, "-aet", "BENCH", "-od", str(out), "-dhl", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+    )
+    try:
+        _wait_port(port, 30)
+    except RuntimeError:
+        _stop(process)
+        raise
+    return process
+
+
 def dcmtk_child(corpus: Path) -> dict[str, Any]:
     files = _files(corpus)
-    # DCMTK reads TCP_NODELAY from the environment; without it Nagle's algorithm
-    # meets delayed ACKs on loopback and each C-STORE waits ~90 ms.
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = DCMTK_ENV
     with tempfile.TemporaryDirectory(prefix="bench-storescp-", dir=corpus.parent) as tmp:
         out = Path(tmp) / "out"
         out.mkdir()
         port = free_port()
-        process = subprocess.Popen(
-            [STORESCP, "-aet", "BENCH", "-od", str(out), "-dhl", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        process = start_storescp(out, port)
         try:
-            _wait_port(port, 30)
             started = time.perf_counter()
             subprocess.run(
                 [
