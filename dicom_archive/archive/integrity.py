@@ -57,9 +57,8 @@ def _walk(top: Path) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
     the next one. A folder removed meanwhile is skipped: its rows are then
     reported missing, and re-checked.
     """
-    root_len = len(str(top.parent)) + 1
     # data/ itself may be a link (to a larger disk), as before; nothing under it is followed.
-    stack = [(str(top)[root_len:], os.open(top, _OPEN_DIR & ~os.O_NOFOLLOW))]
+    stack = [(top.name, os.open(top, _OPEN_DIR & ~os.O_NOFOLLOW))]
     try:
         while stack:
             folder, fd = stack.pop()

@@ -58,7 +58,9 @@ def is_archive(root: Path) -> bool:
 
 
 def open_archive(root: Path | str) -> Archive:
-    paths = ArchivePaths(Path(root))
+    # Absolute once, here: every path derived from the root (and every relative path
+    # cut from one) then means the same whatever the caller's working folder is.
+    paths = ArchivePaths(Path(root).absolute())
     if not is_archive(paths.root):
         raise NotAnArchive(paths.root)
     return Archive(paths, Index.open(paths.index))
@@ -71,7 +73,7 @@ def init_archive(root: Path | str, *, force: bool = False) -> Archive:
     it refuses a folder holding anything that is not part of an archive, so a
     mistyped path never deletes someone's files.
     """
-    paths = ArchivePaths(Path(root))
+    paths = ArchivePaths(Path(root).absolute())
     if paths.root.exists() and not paths.root.is_dir():
         raise UnsafeInit(f"{paths.root} exists and is not a folder")
     if is_archive(paths.root) or paths.index.exists():

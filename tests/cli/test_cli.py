@@ -379,3 +379,23 @@ def test_every_repair_action_has_a_verb() -> None:
     from dicom_archive.cli.check_cmd import _VERBS
 
     assert set(_VERBS) == {action.value for action in Action}
+
+
+def test_an_archive_named_relative_to_the_working_folder_means_the_same_archive(
+    filled: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `check -a .` once reported every file orphaned and no instance checked: the walk
+    # cut "data/..." paths by the length of ".".
+    monkeypatch.chdir(filled)
+    code, out, _ = run(capsys, "check", "-a", ".")
+    assert code == 0 and "The archive is clean" in out
+    assert " 0 orphaned files" in out and not out.startswith("0 instances")
+    write_instance(tmp_path / "late.dcm")
+    code, out, _ = run(capsys, "import", str(tmp_path / "late.dcm"), "-a", ".")
+    assert code == 0 and "1 imported" in out
+    monkeypatch.chdir(filled.parent)
+    code, out, _ = run(capsys, "check", "-a", filled.name, "--verify-files")
+    assert code == 0 and "The archive is clean" in out
