@@ -49,13 +49,16 @@ _SERIES_DEPTH = 3
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _walk(top: Path) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+def _walk(
+    top: Path, take_series: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
     """(folder relative to the archive root, its non-folder entries), no symlink following.
 
     Listing by descriptor makes each ``DirEntry.stat`` an ``fstatat`` of one name,
     not a lookup of the whole path; the folder stays open until the caller asks for
     the next one. A folder removed meanwhile is skipped: its rows are then
-    reported missing, and re-checked.
+    reported missing, and re-checked. ``take_series`` says which series folders (and
+    what lies below them) this walk enters; the others are left to another walker.
     """
     # data/ itself may be a link (to a larger disk), as before; nothing under it is followed.
     stack = [(top.name, os.open(top, _OPEN_DIR & ~os.O_NOFOLLOW))]
@@ -69,11 +72,18 @@ def _walk(top: Path) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
                         if not entry.is_dir(follow_symlinks=False):
                             files.append(entry)
                             continue
+                        child_folder = f"{folder}/{entry.name}"
+                        if (
+                            take_series is not None
+                            and child_folder.count("/") == _SERIES_DEPTH
+                            and not take_series(child_folder)
+                        ):
+                            continue
                         try:
                             child = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
                         except (FileNotFoundError, NotADirectoryError):
                             continue
-                        stack.append((f"{folder}/{entry.name}", child))
+                        stack.append((child_folder, child))
                 yield folder, files
             finally:
                 os.close(fd)
@@ -110,35 +120,29 @@ def check_archive(
     *,
     verify_files: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    processes: int | None = None,
 ) -> CheckReport:
+    """Compare the index with the files. ``processes``: how many walk the series
+    folders (None: two for a size check of a large archive from a process with no
+    other threads, else one; a hashing check stays in one process, whose reads and
+    hashing let go of the GIL anyway)."""
     started = time.perf_counter()
     report = CheckReport(verified=verify_files)
-    seen_folders: set[str] = set()
-    rows_seen = 0
     # No read transaction spans the walk: on a large archive it would pin the WAL for
     # minutes while the daemon imports. Races with a running import are settled by
     # _drop_races at the end (a file is always linked before its row commits).
+    walked = _Walked(set(), 0)
     if archive.paths.data.is_dir():
-        compare = _compare_hashed if verify_files else _compare_sizes
-        for folder, entries in _walk(archive.paths.data):
-            seen_folders.add(folder)
-            report.files_seen += len(entries)
-            if folder.count("/") == _SERIES_DEPTH:
-                rows_seen += compare(archive, folder, entries, report)
-            else:
-                # Instances live only in series folders (data/PATIENT/STUDY/SERIES);
-                # a file anywhere else is an orphan without asking the index.
-                for entry in entries:
-                    report.findings.append(
-                        Finding(FindingKind.ORPHANED, f"{folder}/{entry.name}", "not indexed")
-                    )
-            if on_progress is not None:
-                on_progress(report.instances_checked)
+        parts = _processes_for(archive, verify_files) if processes is None else processes
+        helper = _start_helper(archive, parts) if parts > 1 else None
+        walked = _check_share(archive, 0, parts, verify_files, report, on_progress)
+        if helper is not None:
+            walked.merge(_finish_helper(archive, helper, parts, report))
     # Rows in folders the walk never saw: only worth a pass over every row when the
     # folders held fewer rows than the index does.
-    if rows_seen < archive.index.instance_count():
+    if walked.rows < archive.index.instance_count():
         for (relative,) in archive.index.connection.execute("SELECT file_path FROM instances"):
-            if relative.rsplit("/", 1)[0] not in seen_folders:
+            if relative.rsplit("/", 1)[0] not in walked.folders:
                 report.instances_checked += 1
                 report.findings.append(Finding(FindingKind.MISSING, relative, "folder is gone"))
     _drop_races(archive, report)
@@ -154,8 +158,149 @@ def check_archive(
     return report
 
 
+#: Below this many indexed instances a second process costs more than it saves.
+_SPLIT_MIN_INSTANCES = 4000
+
+
+class _Walked:
+    """What one walker saw: the folders it listed and the index rows they held."""
+
+    def __init__(self, folders: set[str], rows: int) -> None:
+        self.folders = folders
+        self.rows = rows
+
+    def merge(self, other: _Walked) -> None:
+        self.folders |= other.folders
+        self.rows += other.rows
+
+
+def _processes_for(archive: Archive, verify_files: bool) -> int:
+    # fork only from a process with no other threads (the CLI): a thread holding a
+    # lock at fork time would leave the child's copy of it locked for ever.
+    if verify_files or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        return 1
+    import threading
+
+    if threading.active_count() > 1:
+        return 1
+    return 2 if archive.index.instance_count() >= _SPLIT_MIN_INSTANCES else 1
+
+
+def _check_share(
+    archive: Archive,
+    part: int,
+    parts: int,
+    verify_files: bool,
+    report: CheckReport,
+    on_progress: Callable[[int], None] | None,
+    db: sqlite3.Connection | None = None,
+) -> _Walked:
+    """Check the series folders whose names hash to ``part`` of ``parts`` (and what
+    lies below them); files in the folders above series folders belong to part 0."""
+    db = archive.index.connection if db is None else db
+    compare = _compare_hashed if verify_files else _compare_sizes
+    take = None if parts == 1 else (lambda folder: _share_of(folder, parts) == part)
+    walked = _Walked(set(), 0)
+    for folder, entries in _walk(archive.paths.data, take):
+        walked.folders.add(folder)
+        depth = folder.count("/")
+        if depth == _SERIES_DEPTH:
+            report.files_seen += len(entries)
+            walked.rows += compare(archive, db, folder, entries, report)
+        elif part == 0 or depth > _SERIES_DEPTH:  # above series folders, every walker passes
+            # Instances live only in series folders (data/PATIENT/STUDY/SERIES);
+            # a file anywhere else is an orphan without asking the index.
+            report.files_seen += len(entries)
+            for entry in entries:
+                report.findings.append(
+                    Finding(FindingKind.ORPHANED, f"{folder}/{entry.name}", "not indexed")
+                )
+        if on_progress is not None:
+            on_progress(report.instances_checked)
+    return walked
+
+
+def _share_of(series_folder: str, parts: int) -> int:
+    # str's own hash (SipHash): both walkers agree, because the helper is forked
+    # with the parent's hash seed, and it spreads names that differ only in their
+    # last digits evenly (crc32's low bits split 102 such folders 32 to 70).
+    return hash(series_folder) % parts
+
+
+def _start_helper(archive: Archive, parts: int) -> tuple[int, int] | None:
+    """Fork one process per part after the first; (pid, read end of its pipe)."""
+    assert parts == 2, "one helper process"
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid != 0:
+        os.close(write_end)
+        return pid, read_end
+    # The child: its own connection (one opened before fork must not be used after
+    # it), its share of the folders, one JSON document back, and out without running
+    # the parent's exit handlers or flushing its copies of the parent's buffers.
+    status = 1
+    try:
+        os.close(read_end)
+        db = sqlite3.connect(archive.paths.index, timeout=30)
+        db.execute("PRAGMA query_only = ON")
+        share = CheckReport()
+        walked = _check_share(archive, 1, parts, False, share, None, db)
+        document = {
+            "instancesChecked": share.instances_checked,
+            "filesSeen": share.files_seen,
+            "rows": walked.rows,
+            "folders": sorted(walked.folders),
+            "findings": [[f.kind.value, f.path, f.detail] for f in share.findings],
+        }
+        data = json.dumps(document).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_end, view) :]
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _finish_helper(
+    archive: Archive, helper: tuple[int, int], parts: int, report: CheckReport
+) -> _Walked:
+    """The helper's share, merged into ``report``; done here if the helper failed."""
+    pid, read_end = helper
+    chunks = []
+    try:
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    try:
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise ValueError("the helper process failed")
+        document = json.loads(b"".join(chunks))
+        findings = [Finding(FindingKind(k), p, d) for k, p, d in document["findings"]]
+        walked = _Walked(set(document["folders"]), int(document["rows"]))
+    except (ValueError, KeyError, TypeError):
+        return _check_share(archive, 1, parts, False, report, None)
+    report.instances_checked += int(document["instancesChecked"])
+    report.files_seen += int(document["filesSeen"])
+    report.findings.extend(findings)
+    return walked
+
+
 def _compare_sizes(
-    archive: Archive, folder: str, entries: list[os.DirEntry[str]], report: CheckReport
+    archive: Archive,
+    db: sqlite3.Connection,
+    folder: str,
+    entries: list[os.DirEntry[str]],
+    report: CheckReport,
 ) -> int:
     """Sizes on disk against the index for one series folder; the rows it held.
 
@@ -166,7 +311,6 @@ def _compare_sizes(
     concatenate out of order, the strings differ and the row-by-row path decides.)
     """
     prefix = folder + "/"
-    db = archive.index.connection
     bounds = (len(prefix) + 1, prefix, folder + "0")
     count, listing = db.execute(_LISTING_OF_FOLDER, bounds).fetchone()
     on_disk: dict[str, int] = {}
@@ -209,11 +353,14 @@ def _compare_sizes(
 
 
 def _compare_hashed(
-    archive: Archive, folder: str, entries: list[os.DirEntry[str]], report: CheckReport
+    archive: Archive,
+    db: sqlite3.Connection,
+    folder: str,
+    entries: list[os.DirEntry[str]],
+    report: CheckReport,
 ) -> int:
     """Size, SHA-256 and header UIDs of every file in one series folder; the rows it held."""
     prefix = folder + "/"
-    db = archive.index.connection
     indexed = {row[0]: row for row in db.execute(_ROWS_IN_FOLDER, (prefix, folder + "0"))}
     rows = len(indexed)
     for entry in entries:

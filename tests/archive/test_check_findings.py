@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_archive.archive import integrity
 from dicom_archive.archive.importer import import_paths
 from dicom_archive.archive.integrity import check_archive
 from dicom_archive.archive.records import CheckReport, FindingKind
@@ -31,10 +32,12 @@ def findings(report: CheckReport) -> list[tuple[str, str, str]]:
 
 def both(archive: Archive) -> CheckReport:
     """The size-only report, after asserting the verifying walk finds the same."""
-    quick = check_archive(archive)
+    quick = check_archive(archive, processes=1)
     full = check_archive(archive, verify_files=True)
-    assert findings(quick) == findings(full)
-    assert (quick.instances_checked, quick.files_seen) == (full.instances_checked, full.files_seen)
+    split = check_archive(archive, processes=2)  # series folders shared with a forked helper
+    assert findings(quick) == findings(full) == findings(split)
+    counted = {(r.instances_checked, r.files_seen) for r in (quick, full, split)}
+    assert len(counted) == 1, counted
     return quick
 
 
@@ -141,3 +144,24 @@ def test_a_data_folder_that_is_a_link_is_followed(filled: Archive, tmp_path: Pat
     filled.paths.data.symlink_to(elsewhere)
     report = both(filled)
     assert report.clean and report.instances_checked == 16
+
+
+def test_a_failed_helper_process_leaves_its_share_to_the_parent(
+    filled: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = series_files(filled)
+    files[0].unlink()
+    (files[-1].parent / "stray.dcm").write_bytes(b"stray")
+    expected = findings(check_archive(filled, processes=1))
+    parent = os.getpid()
+    real_share = integrity._check_share
+
+    def dying_in_the_helper(*args: object, **kwargs: object) -> object:
+        if os.getpid() != parent:
+            raise MemoryError("the helper ran out of memory")
+        return real_share(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(integrity, "_check_share", dying_in_the_helper)
+    report = check_archive(filled, processes=2)
+    assert findings(report) == expected and len(expected) == 2
+    assert report.instances_checked == check_archive(filled, processes=1).instances_checked
