@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 work,
                 corpora,
                 specs,
-                ours,
                 copies,
+                reps,
                 int(config["latency_files"]),  # type: ignore[call-overload]
                 check_corpus,
             )
