@@ -8,6 +8,7 @@ connection to the index. Every association and every refusal is a log event.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -366,6 +367,7 @@ class DicomServer:
         if targets is None:
             # pynetdicom reads the first yield as the destination whatever it is; an
             # error raised here is answered with its "unable to process" status 0xC514.
+            _quiet_refusals.refusing.on = True
             raise _RetrieveRefused(str(failure.get("ErrorComment", "refused")))
         # One context per stored (SOP Class, transfer syntax): the bytes go as stored.
         pairs = sorted({(t.sop_class_uid, t.transfer_syntax_uid) for t in targets})
@@ -385,6 +387,31 @@ class DicomServer:
 
 class _RetrieveRefused(Exception):
     """A C-MOVE that cannot start (logged already); pynetdicom answers 0xC514."""
+
+
+class _QuietRefusals(logging.Filter):
+    """Drops pynetdicom's traceback for a C-MOVE this server refuses on purpose.
+
+    pynetdicom logs any exception from a move handler as a bug: an error line telling
+    the handler how to yield, then the traceback. For a refusal (a bad identifier, a
+    caller not allowed) our own one-line warning has said why already. The two records
+    come one after the other on the handler's thread, which flags them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(self.refusing, "on", False):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], _RetrieveRefused):
+            self.refusing.on = False
+        return False
+
+
+_quiet_refusals = _QuietRefusals()
+logging.getLogger("pynetdicom.service_class").addFilter(_quiet_refusals)
 
 
 def _short_reason(reason: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -133,9 +134,10 @@ def test_c_get_sends_every_instance_of_the_study(study: tuple[Path, str]) -> Non
 
 
 def test_c_move_sends_the_stored_bytes_to_a_configured_destination(
-    study: tuple[Path, str], receiver: _Receiver
+    study: tuple[Path, str], receiver: _Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     root, uid = study
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
     with DicomServer(root, _settings(receiver.port)) as server:
         ae = AE(ae_title="GETSCU")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
@@ -157,6 +159,9 @@ def test_c_move_sends_the_stored_bytes_to_a_configured_destination(
         assert archived[sop].endswith(body[body.index(b"\xe0\x7f\x10\x00") :]), sop
     assert unknown[-1][0].Status == 0xA801
     assert 0xC000 <= no_key[-1][0].Status <= 0xCFFF  # unable to process
+    # A refusal is a one-line answer, not a traceback of ours in pynetdicom's log.
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "must yield" in r.getMessage()]
 
 
 def test_send_copies_a_study_into_another_archive_byte_for_byte(
