@@ -15,7 +15,7 @@ from pynetdicom.ae import ApplicationEntity
 
 from dicom_archive.errors import ArchiveError
 from dicom_archive.network.matching import StoredFile
-from dicom_archive.network.server import no_delay
+from dicom_archive.network.server import tune_connection
 from dicom_archive.network.settings import Peer
 
 log = structlog.get_logger("dicom_archive.network")
@@ -77,7 +77,7 @@ def _send_chunk(
         peer.port,
         ae_title=peer.ae_title,
         tls_args=(tls, peer.host) if tls is not None else None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection)],
     )
     if not assoc.is_established:
         raise SendError(

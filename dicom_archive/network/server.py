@@ -100,13 +100,26 @@ _RETRIEVE_MODELS = (
 )
 
 
-def no_delay(event: Any) -> None:
-    """TCP_NODELAY on every association's socket: a DIMSE message goes out in several
-    small writes, and Nagle's algorithm meeting the peer's delayed ACK made each
-    C-STORE wait ~40 ms (pynetdicom to pynetdicom: 19 -> 74 instances/s)."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+#: How long pynetdicom's transport thread sleeps when it found nothing to do (its
+#: default is 1 ms). It polls, so each PDU can wait a whole sleep before it is read:
+#: a pynetdicom SCP that does nothing received 183 instances/s from storescu with
+#: the default, 314/s at 0.1 ms. An idle association then costs about 15% of a core
+#: instead of 8% (measured); associations are short-lived and bounded in number.
+TRANSPORT_POLL_S = 0.0002
+
+
+def tune_connection(event: Any) -> None:
+    """TCP_NODELAY on every association's socket, and a shorter transport poll.
+
+    A DIMSE message goes out in several small writes, and Nagle's algorithm meeting
+    the peer's delayed ACK made each C-STORE wait ~40 ms (pynetdicom to pynetdicom:
+    19 -> 74 instances/s)."""
+    dul = event.assoc.dul
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(dul, "_run_loop_delay"):  # pynetdicom 3.x's name for it
+        dul._run_loop_delay = TRANSPORT_POLL_S
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -124,11 +137,15 @@ class DicomServer:
     def __init__(self, archive_root: Path, settings: DicomSettings) -> None:
         self.archive_root = archive_root
         self.settings = settings
-        self.committer = StoreCommitter(archive_root)
+        self.committer = StoreCommitter(archive_root, senders=self._open_associations)
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self.associations = 0
         self.received = 0
+
+    def _open_associations(self) -> int:
+        server = self._server
+        return len(server.active_associations) if server is not None else 1
 
     @property
     def port(self) -> int:
@@ -165,7 +182,7 @@ class DicomServer:
             ae.add_supported_context(model, _TRANSFER_SYNTAXES[:4])
         self._ae = ae
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_CONN_OPEN, tune_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
@@ -375,7 +392,7 @@ class DicomServer:
         options: dict[str, Any] = {
             "contexts": contexts[:_MAX_CONTEXTS],
             "ae_title": destination,
-            "evt_handlers": [(evt.EVT_CONN_OPEN, no_delay)],
+            "evt_handlers": [(evt.EVT_CONN_OPEN, tune_connection)],
         }
         tls = self.settings.client_ssl_context()
         if tls is not None:
