@@ -254,7 +254,7 @@ def find_section(report: Report, work: Path, instances: int, reps: int) -> None:
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     from bench.scale import build_bulk_archive, scale_spec
-    from dicom_archive.network.server import no_delay
+    from dicom_archive.network.server import tune_connection
 
     root = work / "find-archive"
     built = build_bulk_archive(root, scale_spec(instances))
@@ -272,7 +272,7 @@ def find_section(report: Report, work: Path, instances: int, reps: int) -> None:
             "127.0.0.1",
             port,
             ae_title="DICOM_ARCHIVE",
-            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection)],
         )
         samples: list[float] = []
         matches = 0
