@@ -29,6 +29,9 @@ _ARCHIVE_ENTRIES = {
     DATA_DIR,
     TMP_DIR,
     QUARANTINE_DIR,
+    # issue 11 (lifecycle)
+    "audit.jsonl",
+    "trash",
 }
 
 

@@ -36,6 +36,8 @@ COMMANDS = {
     "status": "status_cmd",
     "listen": "listen_cmd",
     "send": "send_cmd",
+    # issue 11 (lifecycle): audit log, delete/trash, retention
+    "audit": "audit_cmd",
 }
 EXIT_INTERRUPTED = 130
 
