@@ -38,6 +38,8 @@ COMMANDS = {
     "send": "send_cmd",
     # issue 11 (lifecycle): audit log, delete/trash, retention
     "audit": "audit_cmd",
+    "delete": "delete_cmd",
+    "trash": "trash_cmd",
 }
 EXIT_INTERRUPTED = 130
 
