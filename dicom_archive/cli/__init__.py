@@ -40,6 +40,9 @@ COMMANDS = {
     "audit": "audit_cmd",
     "delete": "delete_cmd",
     "trash": "trash_cmd",
+    "retention": "retention_cmd",
+    "protect": "protect_cmd",
+    "unprotect": "unprotect_cmd",
 }
 EXIT_INTERRUPTED = 130
 
