@@ -260,7 +260,8 @@ def export_zip(
             "under that name"
         ) from exc
     finally:
-        out.close()
+        with contextlib.suppress(OSError):  # a full disk fails the buffer's flush again
+            out.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         if not completed:
