@@ -227,3 +227,23 @@ def test_cli_delete_nothing_matches_and_confirmation(
     assert main(["trash", "empty", "-a", root]) == 1  # no tty, no --yes
     assert main(["trash", "empty", "-a", root, "--yes"]) == 0
     assert "Removed 1 trash entries, 12 instances" in capsys.readouterr().out
+
+
+def test_a_rebuilt_index_keeps_the_trash_and_protections(filled: Archive) -> None:
+    """rebuild makes a new index from data/: the trash is adopted again from its
+    manifests (a restorable entry, not stray files) and protections carry over."""
+    from dicom_archive.archive.rebuild import rebuild_index
+    from dicom_archive.archive.retention import protect, protected_items
+
+    rows_before = index_rows(filled.root)
+    made = trash.delete(filled, trash.Selection(patient_id="PAT00001"))
+    protect(filled, "patient", "PAT00000", reason="hold")
+    filled.close()
+    rebuild_index(filled.root)
+    with open_archive(filled.root) as rebuilt:
+        (entry,) = trash.entries(rebuilt)
+        assert (entry.instances, entry.selection, entry.folder) == (12, made.selection, made.folder)
+        assert [(p.kind, p.value) for p in protected_items(rebuilt)] == [("patient", "PAT00000")]
+        assert trash.restore(rebuilt, entry.id).restored == 12
+        assert check_archive(rebuilt, verify_files=True).clean
+    assert set(index_rows(filled.root)) == set(rows_before)
