@@ -159,3 +159,24 @@ def test_target_must_be_new_or_empty_and_selection_must_match(
     assert "12 files" in out and "media profile: STD-GEN-CD" in out
     assert (empty / "DICOMDIR").is_file()
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_full_disk_leaves_no_file_set(archive: Archive, tmp_path: Path) -> None:
+    """A real 1 MB tmpfs: ENOSPC part-way leaves nothing under the target or beside it."""
+    sources = write_studies(
+        tmp_path / "in", StudySpec(instances_per_series=20, rows=128, columns=128)
+    )
+    list(import_paths(archive, sources))
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(ExportError, match="No space left on device"):
+            export_dicomdir(archive, Selector(patient_id="PAT00000"), full / "media")
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
