@@ -439,6 +439,12 @@ def rebuild_index(root: Path | str, *, dry_run: bool = False) -> RebuildReport:
         previous = _load_previous(paths, scratch)
         with index.write() as connection:
             scan = _index_files(paths, index, connection)
+            # issue 11: the trash (from its manifests) and protections survive a rebuild.
+            from dicom_archive.archive import trash
+
+            trash.adopt_manifests(paths.root, connection)
+            if previous.kind == "index":
+                trash.carry_protected(paths.index, connection)
             now = now_iso()
             connection.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?)",
@@ -460,6 +466,20 @@ def rebuild_index(root: Path | str, *, dry_run: bool = False) -> RebuildReport:
             fsync_path(scratch_path)
             kept = _install(paths, scratch_path, previous)
             installed = True
+            from dicom_archive.archive.audit import REBUILD, append_audit
+
+            append_audit(
+                paths.root,
+                REBUILD,
+                selection="rebuild",
+                count=scan.instances,
+                details={
+                    "added": len(added),
+                    "dropped": len(dropped),
+                    "changed": len(changed),
+                    "keptAside": kept,
+                },
+            )
         return RebuildReport(
             dry_run=dry_run,
             previous=previous.kind,
