@@ -1,0 +1,257 @@
+"""Exporting a selection de-identified: read, apply the profile, write durably.
+
+Each archived file is read whole, checked against its SHA-256 in the index (a damaged
+file is reported, never handed on de-identified), de-identified by ``Deidentifier``
+and written under a temporary name in the output. A batch of files then becomes
+durable in a fixed order: the pseudonym map records every value handed out, one
+``syncfs`` makes the temporary files' contents durable, each is linked to its final
+name (never replacing a file), and a last ``syncfs`` makes the names durable before
+the export reports done. A crash at any instant leaves at most hidden ``.*.tmp``
+files, never a complete-looking file with missing contents.
+
+Output names are made from the *new* values (pseudonym, new UIDs): the archive's own
+paths carry the Patient ID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from dicom_archive.archive.deidentify import Deidentifier, DeidOptions, InstanceResult
+from dicom_archive.archive.export import ExportItem, Selector, select_instances
+from dicom_archive.archive.fsutil import link_no_replace, syncfs
+from dicom_archive.archive.layout import safe_component
+from dicom_archive.archive.pseudonyms import Keyer, PseudonymMap, load_or_create_secret
+from dicom_archive.archive.store import Archive
+from dicom_archive.errors import ExportError
+
+_BATCH = 32
+
+#: Modalities whose images often carry text burned into the pixels (ultrasound
+#: measurements, screenshots, scanned documents, endoscopy and angiography overlays).
+BURN_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XC", "ES", "GM", "SM", "DOC", "XA"})
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame .1 to .4
+
+
+@dataclass(frozen=True, slots=True)
+class PixelWarning:
+    """A series whose pixels may show what the header no longer does."""
+
+    series_instance_uid: str  # the de-identified one: safe to print and share
+    modality: str
+    reason: str
+    instances: int
+
+
+@dataclass(slots=True)
+class DeidExportReport:
+    selected: int = 0
+    written: int = 0
+    skipped_identical: int = 0
+    bytes_written: int = 0
+    errors: list[str] = field(default_factory=list)
+    pixel_warnings: list[PixelWarning] = field(default_factory=list)
+    project: str = ""
+    patients: int = 0
+
+
+def export_deidentified(
+    archive: Archive,
+    selector: Selector,
+    output: Path,
+    options: DeidOptions,
+    *,
+    flatten: bool = False,
+    on_selected: Callable[[int], None] | None = None,
+    on_file: Callable[[ExportItem, str], None] | None = None,
+) -> DeidExportReport:
+    """De-identify the selected instances into ``output``; raises when nothing matches.
+
+    ``on_file`` hears each file's status: written, skipped (an identical file is
+    there: the output is deterministic, so a re-export skips) or error.
+    """
+    items = select_instances(archive, selector)
+    if not items:
+        raise ExportError(f"nothing in the archive matches {selector.describe()}")
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output} exists and is not a folder")
+    if output.resolve().is_relative_to(archive.root.resolve()):
+        raise ExportError(f"{output}: a de-identified export must go outside the archive")
+    output.mkdir(parents=True, exist_ok=True)
+    if on_selected is not None:
+        on_selected(len(items))
+    keyer = Keyer(load_or_create_secret(archive.root), options.project)
+    deidentifier = Deidentifier(options, keyer)
+    report = DeidExportReport(selected=len(items), project=options.project)
+    warnings: dict[tuple[str, str, str], int] = {}
+    patients: set[str] = set()
+    with PseudonymMap(archive.root) as pseudonym_map:
+        for start in range(0, len(items), _BATCH):
+            batch = items[start : start + _BATCH]
+            staged: list[tuple[ExportItem, str, str]] = []  # item, temporary, target
+            mappings: set[tuple[str, str, str]] = set()
+            try:
+                for item in batch:
+                    status, detail = _stage(archive, item, output, flatten, deidentifier)
+                    if isinstance(detail, _Staged):
+                        staged.append((item, detail.temporary, detail.target))
+                        mappings |= detail.result.mappings
+                        report.bytes_written += detail.size
+                        _note_pixels(detail, warnings)
+                        patients.add(detail.patient)
+                        continue
+                    if status == "skipped":
+                        report.skipped_identical += 1
+                        patients.add(detail)
+                    else:
+                        report.errors.append(detail)
+                    if on_file is not None:
+                        on_file(item, status)
+                if staged:
+                    pseudonym_map.record(options.project, sorted(mappings))
+                    syncfs(output)
+                for item, temporary, target in staged:
+                    if link_no_replace(temporary, target):
+                        report.written += 1
+                        status = "written"
+                    else:
+                        report.errors.append(f"{target}: a file appeared there during export")
+                        status = "error"
+                    if on_file is not None:
+                        on_file(item, status)
+            finally:
+                for _, temporary, _ in staged:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temporary)
+    syncfs(output)
+    report.patients = len(patients)
+    report.pixel_warnings = [
+        PixelWarning(series, modality, reason, count)
+        for (series, modality, reason), count in sorted(warnings.items())
+    ]
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    temporary: str
+    target: str
+    size: int
+    result: InstanceResult
+    series_instance_uid: str
+    patient: str
+
+
+def _stage(
+    archive: Archive, item: ExportItem, output: Path, flatten: bool, deidentifier: Deidentifier
+) -> tuple[str, _Staged | str]:
+    """("staged", _Staged) | ("skipped", pseudonym) | ("error", message)."""
+    source = archive.paths.absolute(item.file_path)
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        return "error", f"{item.file_path}: {exc.strerror or exc}"
+    if hashlib.sha256(raw).hexdigest() != item.sha256:
+        return "error", (
+            f"{item.file_path}: archived file differs from its index entry "
+            "(run: dicom-archive check --verify-files); not exported"
+        )
+    try:
+        data, result, ds = _deidentified(raw, deidentifier)
+        sop, study = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+        series = str(ds.get("SeriesInstanceUID", ""))
+        patient = str(ds.PatientID)
+    except Exception as exc:  # pydicom raises many kinds on odd files: one line each
+        reason = (str(exc).splitlines() or [""])[0]  # pydicom appends tracebacks to some
+        return "error", f"{item.file_path}: cannot de-identify: {type(exc).__name__}: {reason}"
+    name = safe_component(sop) + ".dcm"
+    if flatten:
+        folder = str(output)
+    else:
+        folder = os.path.join(
+            str(output), safe_component(patient), safe_component(study), safe_component(series)
+        )
+    target = os.path.join(folder, name)
+    try:
+        if os.path.lexists(target):
+            existing = Path(target).read_bytes()
+            if existing == data:
+                return "skipped", patient
+            return "error", f"{target}: a different file is already there (not overwritten)"
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            os.unlink(temporary)
+            raise
+        os.close(fd)
+    except OSError as exc:
+        return "error", f"{target}: {exc.strerror or exc}"
+    return "staged", _Staged(temporary, target, len(data), result, series, patient)
+
+
+def _deidentified(
+    raw: bytes, deidentifier: Deidentifier
+) -> tuple[bytes, InstanceResult, pydicom.Dataset]:
+    """The de-identified file's bytes, what de-identifying found, the data set."""
+    with warnings.catch_warnings():
+        # pydicom warns about every odd value it meets; the archive accepted these
+        # files and each one's outcome is reported, so its warnings are noise here.
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+        if not ds.file_meta.get("TransferSyntaxUID"):  # a file without File Meta
+            ds.file_meta.TransferSyntaxUID = _encoding_of(ds)
+        result = deidentifier.apply(ds)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), result, ds
+
+
+def _encoding_of(ds: pydicom.Dataset) -> UID:
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _note_pixels(staged: _Staged, warnings: dict[tuple[str, str, str], int]) -> None:
+    result = staged.result
+    reason = ""
+    if result.burned_in == "YES":
+        reason = "Burned In Annotation is YES: text in the pixels is not removed"
+    elif not result.burned_in and (
+        result.modality in BURN_IN_MODALITIES
+        or result.sop_class == _SECONDARY_CAPTURE
+        or result.sop_class.startswith(_SECONDARY_CAPTURE + ".")
+    ):
+        reason = "Burned In Annotation is absent; images of this kind often have text in the pixels"
+    if reason:
+        key = (staged.series_instance_uid, result.modality, reason)
+        warnings[key] = warnings.get(key, 0) + 1
+    if result.recognizable_features == "YES":
+        key = (
+            staged.series_instance_uid,
+            result.modality,
+            "Recognizable Visual Features is YES: a face may be reconstructed from the pixels",
+        )
+        warnings[key] = warnings.get(key, 0) + 1
