@@ -19,7 +19,13 @@ option, the action that replaces it. What this module decides, and why:
   so every interval is kept); on text it removes every word of the instance's own
   identifying values (names, IDs, accession number, institution, station, birth and
   study dates) and keeps the rest. It cannot know what else a free text says.
-- **Everything not in the table is kept**, sequences are walked to any depth with the
+- **A sequence whose action is D** (Content Sequence, Graphic Annotation Sequence,
+  Person Identification Code Sequence, Verifying Observer Sequence...) keeps its items'
+  structure, enumerations (CS), numbers, coordinates and UIDs (instance UIDs replaced),
+  and every text, name, code, date and time in it becomes a dummy: the profile asks for
+  a dummy value; keeping an SR's content is the Clean Structured Content option, which
+  is not offered.
+- **Everything else not in the table is kept**, sequences are walked to any depth with the
   same table, private attributes (odd groups) are removed, curves (50xx) removed, and
   a whole overlay group (60xx) goes with its Overlay Data: what is left would describe
   a plane that is no longer there.
@@ -215,6 +221,12 @@ _DUMMY = {
     "UR": "urn:dicom-archive:anonymized",
     "UT": _DUMMY_TEXT,
 }
+#: In a D sequence, these VRs are replaced even where the table says nothing: text,
+#: names, codes, dates and times. Enumerations (CS), numbers, coordinates and UIDs keep
+#: the items' structure (instance UIDs are the table's U anyway).
+_DUMMY_IN_SEQUENCE = frozenset(
+    {"AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+)
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBER_VRS = frozenset({"FD", "FL", "SL", "SS", "UL", "US", "SV", "UV", "AT"})
 
@@ -414,6 +426,8 @@ class _Walk:
     pseudonym: str
     offset: int
     scrub: re.Pattern[str] | None
+    #: Inside a sequence whose action is D: what the table does not name is dummied too.
+    dummy: bool = False
 
     def dataset(self, ds: Dataset, *, top: bool = False) -> None:
         profile, options = self.owner.profile, self.owner.options
@@ -437,6 +451,10 @@ class _Walk:
             if rule is None:
                 if vr == "SQ":
                     self.sequence(ds[tag].value)
+                elif self.dummy and vr in _DUMMY_IN_SEQUENCE:
+                    elem = ds[tag]
+                    if elem.value not in (None, "", b""):
+                        elem.value = _dummy(elem.VR)
                 continue
             action = resolve_action(rule, options, is_sequence=vr == "SQ")
             if action == "X":
@@ -455,7 +473,13 @@ class _Walk:
         if vr == "SQ":
             if action == "Z":
                 elem.value = Sequence()
-            else:  # D, U, K, C: the items stay, cleaned by the same table
+            elif action == "D" and not self.dummy:
+                self.dummy = True
+                try:
+                    self.sequence(elem.value)
+                finally:
+                    self.dummy = False
+            else:  # U, K, C: the items stay, cleaned by the same table
                 self.sequence(elem.value)
             return
         if action == "Z":

@@ -492,3 +492,29 @@ def test_a_damaged_archived_file_is_not_exported(archive: Archive, tmp_path: Pat
         and len(report.errors) == 1
         and "differs from its index" in report.errors[0]
     )
+
+
+def test_a_d_sequence_keeps_its_structure_with_dummy_text(archive: Archive, tmp_path: Path) -> None:
+    """Content Sequence is D: its items, value types and numbers stay; the free text,
+    codes and names in it become dummies (keeping them is Clean Structured Content)."""
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "121071", "DCM"
+    code.CodeMeaning = "Finding"
+    text = Dataset()
+    text.RelationshipType, text.ValueType = "CONTAINS", "TEXT"
+    text.ConceptNameCodeSequence = Sequence([code])
+    text.TextValue = "Mrs Müller, seen by Dr House on 15.01.2024"
+    number = Dataset()
+    number.RelationshipType, number.ValueType = "CONTAINS", "NUM"
+    measured = Dataset()
+    measured.NumericValue = "42"
+    number.MeasuredValueSequence = Sequence([measured])
+    ds = make_instance(PatientID="P-SR", ContentSequence=Sequence([text, number]))
+    _import(archive, [write_dataset(ds, tmp_path / "sr.dcm")])
+    export_deidentified(archive, Selector(patient_id="P-SR"), tmp_path / "o", DeidOptions())
+    out = read(outputs(tmp_path / "o")[0])
+    first, second = out.ContentSequence
+    assert first.ValueType == "TEXT" and first.RelationshipType == "CONTAINS"
+    assert first.TextValue == "ANONYMIZED"
+    assert first.ConceptNameCodeSequence[0].CodeMeaning == "ANONYMIZED"
+    assert second.MeasuredValueSequence[0].NumericValue == 42
