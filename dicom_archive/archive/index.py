@@ -20,7 +20,7 @@ from dicom_archive.archive.dates import normalise_date
 from dicom_archive.archive.records import InstanceHeader
 from dicom_archive.errors import ArchiveError, IndexBusy, IndexError_
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 
 # Folded (lower-cased) copies of the searchable names sit beside the raw values:
@@ -170,7 +170,52 @@ CREATE INDEX patients_id_fold ON patients(patient_id_fold);
 CREATE INDEX patients_name_fold ON patients(name_fold);
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+# issue 11 (lifecycle): the trash journal and protected studies/patients.
+# A trash entry is written (state 'moving') in the transaction that drops its rows,
+# before any file moves, so at no instant does a row name a file that has gone to
+# the trash; see archive/trash.py for the order of every step.
+_SCHEMA_V5 = """
+CREATE TABLE trash_entries (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    folder     TEXT NOT NULL UNIQUE,
+    state      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    selection  TEXT NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    user       TEXT NOT NULL DEFAULT '',
+    owner_pid  INTEGER NOT NULL DEFAULT 0,
+    owner_host TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX trash_entries_state ON trash_entries(state);
+CREATE TABLE trash_items (
+    id               INTEGER PRIMARY KEY,
+    entry_pk         INTEGER NOT NULL REFERENCES trash_entries(id),
+    sop_instance_uid TEXT NOT NULL,
+    file_path        TEXT NOT NULL,
+    file_size        INTEGER NOT NULL,
+    sha256           TEXT NOT NULL,
+    imported_at      TEXT NOT NULL,
+    header           TEXT NOT NULL
+);
+CREATE INDEX trash_items_entry ON trash_items(entry_pk);
+CREATE INDEX trash_items_path ON trash_items(file_path);
+CREATE TABLE protected (
+    kind   TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    at     TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    3: _SCHEMA_V3,
+    4: _SCHEMA_V4,
+    5: _SCHEMA_V5,
+}
 #: Migrations that rebuild a table another one references: run with foreign keys off
 #: (SQLite ignores that pragma inside a transaction) and checked before COMMIT.
 _REBUILDS_TABLES = {4}

@@ -143,6 +143,7 @@ def check_archive(
                 report.instances_checked += 1
                 report.findings.append(Finding(FindingKind.MISSING, relative, "folder is gone"))
     _drop_races(archive, report)
+    _drop_trash_in_flight(archive, report)
     for path in stale_temporaries(archive):
         report.findings.append(
             Finding(
@@ -245,6 +246,19 @@ def _drop_races(archive: Archive, report: CheckReport) -> None:
             _recheck(archive, report)
     except (IndexError_, sqlite3.OperationalError):
         _recheck(archive, report)  # a read-only archive: no importer can be running
+
+
+def _drop_trash_in_flight(archive: Archive, report: CheckReport) -> None:
+    """Files a running delete or restore is moving are journaled, not orphaned."""
+    if not any(f.kind is FindingKind.ORPHANED for f in report.findings):
+        return
+    from dicom_archive.archive.trash import in_flight_paths
+
+    moving = in_flight_paths(archive.index)
+    if moving:
+        report.findings[:] = [
+            f for f in report.findings if not (f.kind is FindingKind.ORPHANED and f.path in moving)
+        ]
 
 
 def _recheck(archive: Archive, report: CheckReport) -> None:

@@ -460,6 +460,20 @@ def rebuild_index(root: Path | str, *, dry_run: bool = False) -> RebuildReport:
             fsync_path(scratch_path)
             kept = _install(paths, scratch_path, previous)
             installed = True
+            from dicom_archive.archive.audit import REBUILD, append_audit
+
+            append_audit(
+                paths.root,
+                REBUILD,
+                selection="rebuild",
+                count=scan.instances,
+                details={
+                    "added": len(added),
+                    "dropped": len(dropped),
+                    "changed": len(changed),
+                    "keptAside": kept,
+                },
+            )
         return RebuildReport(
             dry_run=dry_run,
             previous=previous.kind,

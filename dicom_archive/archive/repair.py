@@ -199,6 +199,19 @@ def apply_repair(archive: Archive, plan: RepairPlan) -> RepairResult:
             done.append(step)
     if any(s.action in (Action.INDEX, Action.MOVE_AND_INDEX, Action.DROP_ROW) for s in done):
         snapshot.write_snapshot(archive.paths, archive.index)
+    if done or failed:
+        from dicom_archive.archive.audit import REPAIR, append_audit
+
+        counts: dict[str, int] = {}
+        for step in done:
+            counts[step.action.value] = counts.get(step.action.value, 0) + 1
+        append_audit(
+            archive.root,
+            REPAIR,
+            selection="check --repair",
+            count=len(done),
+            details={"done": counts, "failed": len(failed), "log": str(log.path)},
+        )
     return RepairResult(tuple(done), tuple(failed), str(log.path), str(quarantine))
 
 

@@ -29,6 +29,9 @@ _ARCHIVE_ENTRIES = {
     DATA_DIR,
     TMP_DIR,
     QUARANTINE_DIR,
+    # issue 11 (lifecycle)
+    "audit.jsonl",
+    "trash",
 }
 
 
@@ -61,7 +64,13 @@ def open_archive(root: Path | str) -> Archive:
     paths = ArchivePaths(Path(root))
     if not is_archive(paths.root):
         raise NotAnArchive(paths.root)
-    return Archive(paths, Index.open(paths.index))
+    archive = Archive(paths, Index.open(paths.index))
+    from dicom_archive.archive import trash  # here: trash is built on this module
+
+    # A delete, restore or empty killed part-way is finished before anything reads.
+    if trash.unfinished(archive.index):
+        trash.recover(archive)
+    return archive
 
 
 def init_archive(root: Path | str, *, force: bool = False) -> Archive:

@@ -36,6 +36,13 @@ COMMANDS = {
     "status": "status_cmd",
     "listen": "listen_cmd",
     "send": "send_cmd",
+    # issue 11 (lifecycle): audit log, delete/trash, retention
+    "audit": "audit_cmd",
+    "delete": "delete_cmd",
+    "trash": "trash_cmd",
+    "retention": "retention_cmd",
+    "protect": "protect_cmd",
+    "unprotect": "unprotect_cmd",
 }
 EXIT_INTERRUPTED = 130
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from dicom_archive.archive.retention import LifecycleSummary, lifecycle_summary
 from dicom_archive.archive.snapshot import snapshot_state
 from dicom_archive.archive.stats import archive_stats
 from dicom_archive.cli.common import (
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as archive:
         stats = archive_stats(archive.index)
         snapshot = snapshot_state(archive.paths, archive.index)
+        lifecycle = lifecycle_summary(archive)  # issue 11: trash and retention
     if args.format == "json":
-        document = dict(stats.as_json(), snapshot=snapshot.as_json())
+        document = dict(stats.as_json(), snapshot=snapshot.as_json(), **lifecycle.as_json())
         print(json.dumps(document, ensure_ascii=False, indent=2))
         return 0
     print(f"Patients:    {stats.patients}")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Studies without a Patient ID: {stats.studies_without_patient_id}")
     print_several_names(stats.patient_ids_with_several_names)
     print(f"Snapshot:    archive_index.json {snapshot.describe()}")
+    _print_lifecycle(lifecycle)
     if stats.modalities:
         print()
         print(
@@ -65,3 +68,18 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _print_lifecycle(summary: LifecycleSummary) -> None:
+    print(
+        f"Trash:       {summary.trash_instances} instances "
+        f"({human_bytes(summary.trash_bytes)}) in {summary.trash_entries} entries"
+    )
+    if summary.rules is None:
+        print("Retention:   no rules recorded (the daemon records its [retention] rules)")
+    else:
+        print(
+            f"Retention:   {summary.due_studies} studies, {summary.due_instances} instances "
+            f"({human_bytes(summary.due_bytes)}) due under {len(summary.rules)} rules; "
+            f"{summary.protected} protected"
+        )

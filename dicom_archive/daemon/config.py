@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_archive.archive.retention import (
+    RetentionSettings,
+    TrashSettings,
+    parse_retention,
+    parse_trash,
+)
 from dicom_archive.errors import ConfigError
 from dicom_archive.network.settings import DicomSettings, parse_settings
 
@@ -55,6 +61,9 @@ class DaemonConfig:
     log_format: str = "auto"
     #: The DICOM listener, on when the file has a [dicom] table.
     dicom: DicomSettings | None = None
+    # issue 11 (lifecycle): [trash] emptying delay, [retention] rules.
+    trash: TrashSettings = dataclasses.field(default_factory=TrashSettings)
+    retention: RetentionSettings = dataclasses.field(default_factory=RetentionSettings)
 
     def summary(self) -> dict[str, Any]:
         """The effective settings, for the start-up log line."""
@@ -67,7 +76,7 @@ class DaemonConfig:
                 value = list(value)
             elif isinstance(value, enum.Enum):
                 value = value.value
-            elif isinstance(value, DicomSettings):
+            elif isinstance(value, DicomSettings | TrashSettings | RetentionSettings):
                 value = dataclasses.asdict(value)
             out[field.name] = value
         return out
@@ -192,6 +201,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(source, key, "expected a table: [dicom]")
         return parse_settings(value, source)
+    if key == "trash":
+        return parse_trash(value, source)
+    if key == "retention":
+        return parse_retention(value, source)
     if key == "log_format":
         if value not in LOG_FORMATS:
             raise ConfigError(source, key, f"expected one of {', '.join(LOG_FORMATS)}")

@@ -16,10 +16,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dicom_archive.archive import trash
 from dicom_archive.archive.index import Index, now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
+from dicom_archive.archive.retention import apply_retention, record_settings
 from dicom_archive.archive.snapshot import snapshot_state, write_snapshot
 from dicom_archive.archive.store import Archive, open_archive
+from dicom_archive.daemon.config import DaemonConfig
 from dicom_archive.daemon.runtime import Runtime
 from dicom_archive.errors import ArchiveError
 from dicom_archive.logs import get_logger
@@ -27,6 +30,9 @@ from dicom_archive.logs import get_logger
 log = get_logger("dicom_archive.daemon.scheduler")
 
 _MAX_DEFER = 600.0
+#: How often retention and the trash delay are looked at (each is cheap when not due).
+_LIFECYCLE_POLL = 60.0
+_META_RETENTION_RUN = "retention_last_run"
 _NICE = 10
 
 
@@ -63,6 +69,14 @@ def last_check_time(index: Index, verified: bool) -> float | None:
 _SNAPSHOT_COST_FACTOR = 10
 
 
+def _lifecycle_poll(config: DaemonConfig) -> float:
+    """Seconds until retention and the trash delay are looked at again: a minute, or
+    less when a configured delay is shorter (never more often than each second)."""
+    delays = [_LIFECYCLE_POLL]
+    delays += [d for d in (config.retention.interval, config.trash.empty_after) if d > 0]
+    return max(1.0, min(delays))
+
+
 class Scheduler(threading.Thread):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(name="dicom-archive-scheduler")
@@ -79,9 +93,17 @@ class Scheduler(threading.Thread):
         with open_archive(self.archive_root) as archive:
             next_snapshot = time.monotonic() + rt.config.snapshot_interval
             deferred_since: float | None = None
+            next_lifecycle = 0.0
+            recorded: object = None
             while not rt.stop.wait(1.0):
                 config = rt.config
                 try:
+                    if config.retention is not recorded:  # at start and after a reload
+                        record_settings(archive, config.retention)
+                        recorded = config.retention
+                    if time.monotonic() >= next_lifecycle:
+                        next_lifecycle = time.monotonic() + _lifecycle_poll(config)
+                        self.run_lifecycle(archive)
                     if config.snapshot_interval > 0 and time.monotonic() >= next_snapshot:
                         started = time.monotonic()
                         self.refresh_snapshot(archive)
@@ -167,6 +189,47 @@ class Scheduler(threading.Thread):
                     detail=finding.detail,
                 )
         return result
+
+    def run_lifecycle(self, archive: Archive, now: float | None = None) -> None:
+        """Retention when due (its last run is kept in the index, so a restart neither
+        repeats nor postpones it), then trash entries older than the configured delay."""
+        config = self.runtime.config
+        moment = time.time() if now is None else now
+        retention = config.retention
+        if retention.rules and retention.interval > 0:
+            last = parse_iso(archive.index.meta(_META_RETENTION_RUN)) or 0.0
+            if moment >= last + retention.interval:
+                result = apply_retention(archive, retention, now=moment)
+                with archive.index.write() as connection:
+                    connection.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        (_META_RETENTION_RUN, now_iso()),
+                    )
+                if result.studies or result.skipped:
+                    log.info(
+                        "retention applied",
+                        studies=len(result.studies),
+                        instances=result.instances,
+                        bytes=result.bytes,
+                        trash_ids=list(result.trash_ids),
+                        skipped=len(result.skipped),
+                    )
+        if config.trash.empty_after > 0:
+            days = config.trash.empty_after / 86400.0
+            emptied = trash.empty(
+                archive,
+                older_than_days=days,
+                now=moment,
+                audit_selection=f"daemon: trash older than {days:g} days",
+            )
+            if emptied.entries:
+                log.info(
+                    "trash emptied",
+                    entries=list(emptied.entries),
+                    instances=emptied.instances,
+                    bytes=emptied.bytes,
+                    strangers_left=len(emptied.strangers),
+                )
 
     def refresh_snapshot(self, archive: Archive) -> bool:
         """Rewrite ``archive_index.json`` unless it shows the index as it is now: also
