@@ -32,6 +32,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from dicom_archive.archive.audit import DEIDENTIFIED_EXPORT, append_audit
 from dicom_archive.archive.deidentify import Deidentifier, DeidOptions, InstanceResult
 from dicom_archive.archive.export import ExportItem, Selector, select_instances
 from dicom_archive.archive.fsutil import link_no_replace, syncfs
@@ -77,13 +78,15 @@ def export_deidentified(
     options: DeidOptions,
     *,
     flatten: bool = False,
+    reason: str | None = None,
     on_selected: Callable[[int], None] | None = None,
     on_file: Callable[[ExportItem, str], None] | None = None,
 ) -> DeidExportReport:
     """De-identify the selected instances into ``output``; raises when nothing matches.
 
     ``on_file`` hears each file's status: written, skipped (an identical file is
-    there: the output is deterministic, so a re-export skips) or error.
+    there: the output is deterministic, so a re-export skips) or error. Once the
+    files are durable the export is recorded in the audit log (with ``reason``).
     """
     items = select_instances(archive, selector)
     if not items:
@@ -100,6 +103,7 @@ def export_deidentified(
     report = DeidExportReport(selected=len(items), project=options.project)
     warnings: dict[tuple[str, str, str], int] = {}
     patients: set[str] = set()
+    folders: set[str] = set()  # output folders made or cleared in this run
     with PseudonymMap(archive.root) as pseudonym_map:
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
@@ -107,7 +111,7 @@ def export_deidentified(
             mappings: set[tuple[str, str, str]] = set()
             try:
                 for item in batch:
-                    status, detail = _stage(archive, item, output, flatten, deidentifier)
+                    status, detail = _stage(archive, item, output, flatten, deidentifier, folders)
                     if isinstance(detail, _Staged):
                         staged.append((item, detail.temporary, detail.target))
                         mappings |= detail.result.mappings
@@ -141,9 +145,27 @@ def export_deidentified(
     syncfs(output)
     report.patients = len(patients)
     report.pixel_warnings = [
-        PixelWarning(series, modality, reason, count)
-        for (series, modality, reason), count in sorted(warnings.items())
+        PixelWarning(series, modality, why, count)
+        for (series, modality, why), count in sorted(warnings.items())
     ]
+    append_audit(
+        archive.root,
+        DEIDENTIFIED_EXPORT,
+        selection=selector.describe(),
+        count=report.written + report.skipped_identical,
+        reason=reason,
+        details={
+            "output": str(output.resolve()),
+            "project": options.project,
+            "profile": "basic",
+            "options": [meaning for _, meaning in options.method_codes()[1:]],
+            "written": report.written,
+            "alreadyThere": report.skipped_identical,
+            "errors": len(report.errors),
+            "patients": report.patients,
+            "pixelWarnings": sum(w.instances for w in report.pixel_warnings),
+        },
+    )
     return report
 
 
@@ -158,7 +180,12 @@ class _Staged:
 
 
 def _stage(
-    archive: Archive, item: ExportItem, output: Path, flatten: bool, deidentifier: Deidentifier
+    archive: Archive,
+    item: ExportItem,
+    output: Path,
+    flatten: bool,
+    deidentifier: Deidentifier,
+    folders: set[str],
 ) -> tuple[str, _Staged | str]:
     """("staged", _Staged) | ("skipped", pseudonym) | ("error", message)."""
     source = archive.paths.absolute(item.file_path)
@@ -193,7 +220,10 @@ def _stage(
             if existing == data:
                 return "skipped", patient
             return "error", f"{target}: a different file is already there (not overwritten)"
-        os.makedirs(folder, exist_ok=True)
+        if folder not in folders:
+            os.makedirs(folder, exist_ok=True)
+            _remove_stale_temporaries(folder)
+            folders.add(folder)
         temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -208,6 +238,29 @@ def _stage(
     except OSError as exc:
         return "error", f"{target}: {exc.strerror or exc}"
     return "staged", _Staged(temporary, target, len(data), result, series, patient)
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Remove ``.NAME.PID.tmp`` files of exports that were killed (their PID is gone):
+    never a complete file, and nobody else will."""
+    for name in os.listdir(folder):
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        pid_text = name[:-4].rsplit(".", 1)[-1]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _deidentified(

@@ -136,6 +136,7 @@ def _add_deidentify_options(parser: argparse.ArgumentParser) -> None:
         help="pseudonyms, UIDs and date offsets are stable per patient within a project "
         "(default: 'default')",
     )
+    group.add_argument("--reason", metavar="TEXT", help="why, for the audit log")
 
 
 def _deidentify_options_given(args: argparse.Namespace) -> bool:
@@ -144,6 +145,7 @@ def _deidentify_options_given(args: argparse.Namespace) -> bool:
         or args.retain_dates
         or args.shift_dates
         or args.project is not None
+        or args.reason is not None
         or any(getattr(args, name) for name in _DEID_FLAGS)
     )
 
@@ -184,6 +186,7 @@ def _run_deidentified(args: argparse.Namespace) -> int:
             args.output,
             options,
             flatten=args.flatten,
+            reason=args.reason,
             on_selected=on_selected,
             on_file=on_file,
         )
