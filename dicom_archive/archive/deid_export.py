@@ -15,11 +15,14 @@ paths carry the Patient ID.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import io
 import os
+import threading
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ from dicom_archive.archive.audit import DEIDENTIFIED_EXPORT, append_audit
 from dicom_archive.archive.deidentify import Deidentifier, DeidOptions, InstanceResult
 from dicom_archive.archive.export import ExportItem, Selector, select_instances
 from dicom_archive.archive.fsutil import link_no_replace, syncfs
-from dicom_archive.archive.layout import safe_component
+from dicom_archive.archive.layout import ArchivePaths, safe_component
 from dicom_archive.archive.pseudonyms import Keyer, PseudonymMap, load_or_create_secret
 from dicom_archive.archive.store import Archive
 from dicom_archive.errors import ExportError
@@ -98,20 +101,21 @@ def export_deidentified(
     output.mkdir(parents=True, exist_ok=True)
     if on_selected is not None:
         on_selected(len(items))
-    keyer = Keyer(load_or_create_secret(archive.root), options.project)
-    deidentifier = Deidentifier(options, keyer)
+    secret = load_or_create_secret(archive.root)
+    deidentifier = Deidentifier(options, Keyer(secret, options.project))
+    stager = _Stager(archive.root, output, flatten, deidentifier)
     report = DeidExportReport(selected=len(items), project=options.project)
     warnings: dict[tuple[str, str, str], int] = {}
     patients: set[str] = set()
-    folders: set[str] = set()  # output folders made or cleared in this run
-    with PseudonymMap(archive.root) as pseudonym_map:
+    results = _StagedResults(items, stager, options, secret)
+    with PseudonymMap(archive.root) as pseudonym_map, results:
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
             staged: list[tuple[ExportItem, str, str]] = []  # item, temporary, target
             mappings: set[tuple[str, str, str]] = set()
             try:
                 for item in batch:
-                    status, detail = _stage(archive, item, output, flatten, deidentifier, folders)
+                    status, detail = results.next()
                     if isinstance(detail, _Staged):
                         staged.append((item, detail.temporary, detail.target))
                         mappings |= detail.result.mappings
@@ -179,8 +183,101 @@ class _Staged:
     patient: str
 
 
+#: Worker processes for a large export: pydicom's parse and write hold the GIL.
+_WORKERS = min(os.cpu_count() or 1, 4)
+_POOL_MIN_ITEMS = 16
+
+
+class _StagedResults:
+    """The staged outcome of each item, in order: made here, or by a pool of worker
+    processes that run ahead of the batch being committed (bounded, so a huge export
+    holds a few batches' results, never all)."""
+
+    def __init__(
+        self, items: list[ExportItem], stager: _Stager, options: DeidOptions, secret: bytes
+    ) -> None:
+        self.items = iter(items)
+        self.stager = stager
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.pending: deque[concurrent.futures.Future[tuple[str, _Staged | str]]] = deque()
+        if _WORKERS >= 2 and len(items) >= _POOL_MIN_ITEMS:
+            import multiprocessing
+
+            # fork is cheap but unsafe once other threads hold locks; forkserver
+            # children start from a clean process.
+            method = "fork" if threading.active_count() == 1 else "forkserver"
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=_WORKERS,
+                mp_context=multiprocessing.get_context(method),
+                initializer=_init_worker,
+                initargs=(os.getpid() if method == "fork" else 0, stager, options, secret),
+            )
+            for _ in range(2 * _BATCH):
+                self._submit()
+
+    def _submit(self) -> None:
+        assert self.pool is not None
+        item = next(self.items, None)
+        if item is not None:
+            self.pending.append(self.pool.submit(_stage_in_worker, item))
+
+    def next(self) -> tuple[str, _Staged | str]:
+        if self.pool is None:
+            return self.stager.stage(next(self.items))
+        result = self.pending.popleft().result()
+        self._submit()
+        return result
+
+    def __enter__(self) -> _StagedResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is None:
+            return
+        # On an error or Ctrl-C: what has not started never starts; what finished
+        # but was never consumed leaves a temporary file to remove.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for future in self.pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _, detail = future.result()
+                if isinstance(detail, _Staged):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(detail.temporary)
+
+
+_worker_stager: _Stager | None = None  # in a pool worker: set once by _init_worker
+
+
+def _init_worker(parent_pid: int, stager: _Stager, options: DeidOptions, secret: bytes) -> None:
+    from dicom_archive.archive.importer import _pool_worker_init
+
+    _pool_worker_init(parent_pid)  # dies with the export, leaves Ctrl-C to it
+    global _worker_stager
+    _worker_stager = stager
+
+
+def _stage_in_worker(item: ExportItem) -> tuple[str, _Staged | str]:
+    assert _worker_stager is not None
+    return _worker_stager.stage(item)
+
+
+@dataclass(slots=True)
+class _Stager:
+    """Reads, de-identifies and writes one item under a temporary name (picklable:
+    each worker process gets its own copy, with its own cache of folders)."""
+
+    root: Path
+    output: Path
+    flatten: bool
+    deidentifier: Deidentifier
+    folders: set[str] = field(default_factory=set)  # made, and cleared of stale files
+
+    def stage(self, item: ExportItem) -> tuple[str, _Staged | str]:
+        return _stage(self.root, item, self.output, self.flatten, self.deidentifier, self.folders)
+
+
 def _stage(
-    archive: Archive,
+    root: Path,
     item: ExportItem,
     output: Path,
     flatten: bool,
@@ -188,7 +285,7 @@ def _stage(
     folders: set[str],
 ) -> tuple[str, _Staged | str]:
     """("staged", _Staged) | ("skipped", pseudonym) | ("error", message)."""
-    source = archive.paths.absolute(item.file_path)
+    source = ArchivePaths(root).absolute(item.file_path)
     try:
         raw = source.read_bytes()
     except OSError as exc:
@@ -260,7 +357,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process
-    return True
+    # A killed worker whose parent died too may stay a zombie where nobody reaps
+    # orphans (a container's first process): it answers kill(0) but writes nothing.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _deidentified(

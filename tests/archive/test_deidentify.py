@@ -30,7 +30,14 @@ from dicom_archive.archive.pseudonyms import PseudonymMap, deid_folder
 from dicom_archive.archive.store import Archive
 from dicom_archive.errors import ExportError
 from tests.archive.deid_helpers import keyer_of, outputs, read, uid_values, walk
-from tests.factory import iter_pydicom_files, make_instance, new_uid, write_dataset
+from tests.factory import (
+    StudySpec,
+    iter_pydicom_files,
+    make_instance,
+    new_uid,
+    write_dataset,
+    write_studies,
+)
 
 ALL_OPTIONS = DeidOptions(
     dates="shift",
@@ -518,3 +525,24 @@ def test_a_d_sequence_keeps_its_structure_with_dummy_text(archive: Archive, tmp_
     assert first.TextValue == "ANONYMIZED"
     assert first.ConceptNameCodeSequence[0].CodeMeaning == "ANONYMIZED"
     assert second.MeasuredValueSequence[0].NumericValue == 42
+
+
+def test_worker_processes_write_the_same_bytes_as_one_process(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large export runs in a pool of processes; a small one here: the files, the
+    pseudonym map and the report are the same either way."""
+    from dicom_archive.archive import deid_export
+
+    files = write_studies(tmp_path / "in", StudySpec(series_per_study=2, instances_per_series=20))
+    _import(archive, files)
+    selector = Selector(patient_id="PAT00000")
+    monkeypatch.setattr(deid_export, "_WORKERS", 2)
+    pooled = export_deidentified(archive, selector, tmp_path / "pool", DeidOptions(dates="shift"))
+    monkeypatch.setattr(deid_export, "_WORKERS", 1)
+    alone = export_deidentified(archive, selector, tmp_path / "one", DeidOptions(dates="shift"))
+    assert pooled.written == alone.written == 40
+    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in outputs(tmp_path / "one")}
+    pool = {p.relative_to(tmp_path / "pool"): p.read_bytes() for p in outputs(tmp_path / "pool")}
+    assert one == pool
+    assert [p for p in tmp_path.rglob(".*")] == []

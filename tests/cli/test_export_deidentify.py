@@ -64,6 +64,14 @@ def test_export_deidentify_end_to_end(tmp_path: Path) -> None:
     assert inside.returncode == 1 and "outside the archive" in inside.stderr
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def test_a_killed_export_leaves_no_complete_looking_partial_file(tmp_path: Path) -> None:
     """SIGKILL in the middle of a de-identified export: every visible file is whole
     (it parses to its end and its pixel data has its full length); the rest are hidden
@@ -81,6 +89,11 @@ def test_a_killed_export_leaves_no_complete_looking_partial_file(tmp_path: Path)
         time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    # Its pool workers die with it (PR_SET_PDEATHSIG); wait until they have.
+    workers = {int(p.name[:-4].rsplit(".", 1)[-1]) for p in out.rglob(".*.tmp")}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.05)
     visible = outputs(out)
     assert 0 < len(visible) < 400, "the kill did not land mid-export"
     for path in visible:
