@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import network, peers
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
+from bench.deid import deid_section
 from bench.scale import build_bulk_archive, scale_spec
 from bench.sections import (
     export,
@@ -52,7 +53,7 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "lifecycle")
+SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "lifecycle", "deid")
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             shutil.rmtree(archive, ignore_errors=True)
             lifecycle.zip_memory(report, work)
+        if "deid" in wanted:
+            deid_section(report, corpora["512x512"], work, reps)
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]
             network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]

@@ -32,6 +32,8 @@ _ARCHIVE_ENTRIES = {
     # issue 11 (lifecycle)
     "audit.jsonl",
     "trash",
+    # issue 11 (deid): the de-identification secret and pseudonym map
+    "deid",
 }
 
 

@@ -42,10 +42,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--flatten", action="store_true", help="all files directly in DIR")
     parser.add_argument("--verbose", action="store_true", help="one line per file")
     add_media_options(parser)
+    _add_deidentify_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.deidentify or _deidentify_options_given(args):
+        if args.zip is not None or args.dicomdir is not None:
+            raise UsageError("--deidentify writes into a folder: --output DIR")
+        if args.output is None:
+            raise UsageError("say where to: --output DIR")
+        return _run_deidentified(args)
     media = run_media(args)
     if media is not None:
         return media
@@ -172,5 +179,144 @@ def _run_dicomdir(args: argparse.Namespace, selector: Selector, target: Path) ->
         f"{report.written} files ({human_bytes(report.bytes_written)}) in the file-set "
         f"{safe(target)}; media profile: {report.profile}"
         f" in {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+# --- De-identified export (--deidentify): PS3.15 Annex E, archive/deid_export.py -------
+
+_DEID_FLAGS = (
+    "clean_descriptors",
+    "retain_patient_characteristics",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_uids",
+)
+
+
+def _add_deidentify_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "de-identification",
+        "PS3.15 Annex E Basic Application Level Confidentiality Profile and its options. "
+        "Text burned into the pixels is NOT removed: each series that may carry it is "
+        "named in a warning.",
+    )
+    group.add_argument(
+        "--deidentify", action="store_true", help="write de-identified copies, not the originals"
+    )
+    group.add_argument("--profile", choices=["basic"], default=None, help="the profile (basic)")
+    dates = group.add_mutually_exclusive_group()
+    dates.add_argument(
+        "--retain-dates", action="store_true", help="keep dates and times as they are (113106)"
+    )
+    dates.add_argument(
+        "--shift-dates",
+        action="store_true",
+        help="move every date back by a per-patient offset, keeping intervals (113107)",
+    )
+    group.add_argument(
+        "--clean-descriptors",
+        action="store_true",
+        help="keep descriptions, with the instance's names, IDs and dates removed (113105)",
+    )
+    group.add_argument(
+        "--retain-patient-characteristics",
+        action="store_true",
+        help="keep sex, age, size, weight... (113108)",
+    )
+    group.add_argument(
+        "--retain-device-identity",
+        action="store_true",
+        help="keep station name, device serial numbers... (113109)",
+    )
+    group.add_argument(
+        "--retain-institution-identity",
+        action="store_true",
+        help="keep institution name and address (113112)",
+    )
+    group.add_argument("--retain-uids", action="store_true", help="keep the original UIDs (113110)")
+    group.add_argument(
+        "--project",
+        metavar="NAME",
+        help="pseudonyms, UIDs and date offsets are stable per patient within a project "
+        "(default: 'default')",
+    )
+    group.add_argument("--reason", metavar="TEXT", help="why, for the audit log")
+
+
+def _deidentify_options_given(args: argparse.Namespace) -> bool:
+    return bool(
+        args.profile
+        or args.retain_dates
+        or args.shift_dates
+        or args.project is not None
+        or args.reason is not None
+        or any(getattr(args, name) for name in _DEID_FLAGS)
+    )
+
+
+def _run_deidentified(args: argparse.Namespace) -> int:
+    from dicom_archive.archive.deid_export import export_deidentified
+    from dicom_archive.archive.deidentify import DeidOptions
+    from dicom_archive.errors import UsageError
+
+    if not args.deidentify:
+        raise UsageError("de-identification options need --deidentify")
+    project = "default" if args.project is None else args.project
+    if not project or len(project) > 64 or not project.isprintable():
+        raise UsageError("--project: 1 to 64 printable characters")
+    options = DeidOptions(
+        dates="retain" if args.retain_dates else "shift" if args.shift_dates else "remove",
+        project=project,
+        **{name: bool(getattr(args, name)) for name in _DEID_FLAGS},
+    )
+    started = time.perf_counter()
+    selector = Selector(args.study_uid, args.series_uid, args.patient_id)
+    with open_from_args(args) as archive:
+        progress = ProgressBar(0, "de-identifying")
+
+        def on_selected(total: int) -> None:
+            nonlocal progress
+            progress = ProgressBar(total, "de-identifying")
+
+        def on_file(item: ExportItem, status: str) -> None:
+            progress.advance()
+            if args.verbose:
+                progress.close()
+                print(safe(f"{status:9}  {item.file_path}"))
+
+        report = export_deidentified(
+            archive,
+            selector,
+            args.output,
+            options,
+            flatten=args.flatten,
+            reason=args.reason,
+            on_selected=on_selected,
+            on_file=on_file,
+        )
+        progress.close()
+    for error in report.errors:
+        print(f"error  {safe(error)}", file=sys.stderr)
+    for warning in report.pixel_warnings:
+        print(
+            f"warning  series {warning.series_instance_uid} ({warning.modality or 'no modality'}, "
+            f"{warning.instances} instance{'s' if warning.instances != 1 else ''}): "
+            f"{warning.reason}",
+            file=sys.stderr,
+        )
+    if report.pixel_warnings:
+        print(
+            "warning  pixels are NOT cleaned: review the series above for burned-in names, "
+            "dates or IDs before sharing",
+            file=sys.stderr,
+        )
+    seconds = time.perf_counter() - started
+    skipped = f", {report.skipped_identical} already there" if report.skipped_identical else ""
+    failed = f", {len(report.errors)} errors" if report.errors else ""
+    print(
+        f"{report.written} files de-identified ({human_bytes(report.bytes_written)}){skipped}"
+        f"{failed} for {report.patients} patients, project {safe(project)!r}, "
+        f"to {safe(args.output)} in {seconds:.1f} s"
     )
     return EXIT_PROBLEMS if report.errors else EXIT_OK
