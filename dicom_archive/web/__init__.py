@@ -1,0 +1,1 @@
+"""The HTTP face: DICOMweb, the study browser page and Prometheus metrics."""
