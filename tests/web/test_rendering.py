@@ -8,8 +8,10 @@ pydicom's own VOI functions.
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,7 @@ def test_png_is_the_frame_exactly() -> None:
     path = pydicom_file("MR_small.dcm")
     png = render_frame(path, media_type="image/png")
     assert png.startswith(b"\x89PNG")
-    decoded = np.asarray(Image.open(__import__("io").BytesIO(png)))
+    decoded = np.asarray(Image.open(io.BytesIO(png)))
     assert np.array_equal(decoded, frame_pixels(path))
 
 
@@ -222,7 +224,7 @@ def test_voi_lut_sequence_is_applied_as_dcmtk_does(tmp_path: Path) -> None:
 
 def test_thumbnail_is_small_and_shows_the_middle_frame() -> None:
     path = pydicom_file("examples_ybr_color.dcm")  # 30 frames, 320x240
-    thumbnail = Image.open(__import__("io").BytesIO(render_thumbnail(path)))
+    thumbnail = Image.open(io.BytesIO(render_thumbnail(path)))
     assert thumbnail.format == "JPEG" and thumbnail.size == (128, 96)
     middle = Image.fromarray(frame_pixels(path, frame=15)).resize((128, 96))
     first = Image.fromarray(frame_pixels(path, frame=1)).resize((128, 96))
@@ -233,13 +235,11 @@ def test_thumbnail_is_small_and_shows_the_middle_frame() -> None:
 def test_viewport_fits_keeping_the_aspect_and_crops_a_region() -> None:
     pixels = frame_pixels(pydicom_file("JPGExtended.dcm"))  # 256 wide, 1024 high
     fitted = Image.open(
-        __import__("io").BytesIO(
-            encode(pixels, media_type="image/png", viewport=Viewport(100, 100))
-        )
+        io.BytesIO(encode(pixels, media_type="image/png", viewport=Viewport(100, 100)))
     )
     assert fitted.size == (25, 100)
     region = encode(pixels, media_type="image/png", viewport=parse_viewport("64,64,10,20,32,32"))
-    cropped = np.asarray(Image.open(__import__("io").BytesIO(region)))
+    cropped = np.asarray(Image.open(io.BytesIO(region)))
     assert cropped.shape == (64, 64)
     expected = np.asarray(
         Image.fromarray(pixels[20:52, 10:42]).resize((64, 64), Image.Resampling.LANCZOS)
@@ -287,3 +287,151 @@ def test_bad_viewports_are_usage_errors(text: str) -> None:
 def test_unsupported_media_type_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="image/gif"):
         render_frame(pydicom_file("CT_small.dcm"), media_type="image/gif")
+
+
+# -- the routes, over a real uvicorn --------------------------------------------
+
+ROUTE_FILES = ["MR_small.dcm", "examples_ybr_color.dcm", "reportsi.dcm", "CT_small.dcm"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
+    from dicom_archive.archive.importer import import_paths
+    from dicom_archive.archive.store import init_archive
+    from tests.web.ui_server import serve
+
+    root = tmp_path_factory.mktemp("rendered") / "archive"
+    with init_archive(root) as archive:
+        outcomes = list(import_paths(archive, [pydicom_file(n) for n in ROUTE_FILES]))
+    assert [o.outcome.value for o in outcomes] == ["imported"] * len(ROUTE_FILES)
+    uids = {}
+    for name in ROUTE_FILES:
+        ds = pydicom.dcmread(pydicom_file(name), stop_before_pixels=True)
+        uids[name] = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    with serve(root) as base:
+        yield base, uids
+
+
+def get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def instance_url(base: str, uids: tuple[str, str, str]) -> str:
+    study, series, sop = uids
+    return f"{base}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def test_rendered_instance_as_jpeg_and_png(served: tuple[str, dict[str, Any]]) -> None:
+    base, uids = served
+    status, kind, body = get(instance_url(base, uids["MR_small.dcm"]) + "/rendered")
+    assert (status, kind) == (200, "image/jpeg")
+    decoded = np.asarray(Image.open(io.BytesIO(body)))
+    assert np.abs(decoded.astype(int) - frame_pixels(pydicom_file("MR_small.dcm"))).mean() < 4
+    status, kind, body = get(
+        instance_url(base, uids["MR_small.dcm"]) + "/rendered", "image/png;q=0.9, image/jpeg;q=0.5"
+    )
+    assert (status, kind) == (200, "image/png")
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(body))), frame_pixels(pydicom_file("MR_small.dcm"))
+    )
+
+
+def test_rendered_parameters(served: tuple[str, dict[str, Any]]) -> None:
+    """accept, viewport and window as query parameters (PS3.18 8.3.5.1)."""
+    base, uids = served
+    url = instance_url(base, uids["CT_small.dcm"]) + "/rendered"
+    status, kind, body = get(url + "?accept=image/png&viewport=64,32&window=0,400")
+    assert (status, kind) == (200, "image/png")
+    image = Image.open(io.BytesIO(body))
+    assert image.size == (32, 32)
+    wide = get(url + "?accept=image/png&window=0,4000")[2]
+    narrow = get(url + "?accept=image/png&window=0,40")[2]
+
+    # a narrow window pushes more pixels to black and white
+    def extremes(png: bytes) -> float:
+        pixels = np.asarray(Image.open(io.BytesIO(png)))
+        return float(np.mean((pixels == 0) | (pixels == 255)))
+
+    assert extremes(narrow) > extremes(wide)
+    small = get(url + "?quality=10")[2]
+    large = get(url + "?quality=100")[2]
+    assert len(small) < len(large)
+
+
+def test_frames_rendered_and_thumbnails(served: tuple[str, dict[str, Any]]) -> None:
+    base, uids = served
+    url = instance_url(base, uids["examples_ybr_color.dcm"])
+    status, kind, body = get(url + "/frames/30/rendered", "image/png")
+    assert (status, kind) == (200, "image/png")
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(body))),
+        frame_pixels(pydicom_file("examples_ybr_color.dcm"), frame=30),
+    )
+    assert get(url + "/frames/31/rendered")[0] == 404
+    assert get(url + "/frames/1,2/rendered")[0] == 400
+    study, series, _ = uids["examples_ybr_color.dcm"]
+    for thumb in (
+        f"{base}/studies/{study}/thumbnail",
+        f"{base}/studies/{study}/series/{series}/thumbnail",
+        url + "/thumbnail",
+    ):
+        status, kind, body = get(thumb)
+        assert (status, kind) == (200, "image/jpeg"), thumb
+        assert max(Image.open(io.BytesIO(body)).size) == 128
+
+
+@pytest.mark.parametrize(
+    ("suffix", "accept", "status"),
+    [
+        ("/rendered", "application/dicom", 406),
+        ("/rendered", "image/gif, text/html", 406),
+        ("/rendered", "*/*", 200),
+        ("/rendered", "image/*;q=0.1", 200),
+        ("/rendered?viewport=0,0", None, 400),
+        ("/rendered?window=1", None, 400),
+        ("/rendered?quality=101", None, 400),
+        ("/frames/0/rendered", None, 400),
+    ],
+)
+def test_what_a_client_gets_wrong_is_4xx_with_a_reason(
+    served: tuple[str, dict[str, Any]], suffix: str, accept: str | None, status: int
+) -> None:
+    base, uids = served
+    got, kind, body = get(instance_url(base, uids["MR_small.dcm"]) + suffix, accept)
+    assert got == status
+    if status != 200:
+        assert kind.startswith("text/plain") and body.count(b"\n") == 1 and len(body) < 300
+
+
+def test_unknown_and_hostile_uids(served: tuple[str, dict[str, Any]]) -> None:
+    """An instance under another study is 404; a UID that is no UID (a path, letters)
+    is 400 and never reaches a file."""
+    base, uids = served
+    _, _, mr_sop = uids["MR_small.dcm"]
+    ct_study, ct_series, _ = uids["CT_small.dcm"]
+    assert (
+        get(f"{base}/studies/{ct_study}/series/{ct_series}/instances/{mr_sop}/rendered")[0] == 404
+    )
+    assert get(f"{base}/studies/1.2.3/thumbnail")[0] == 404
+    for hostile in ("..%2F..%2Fetc%2Fpasswd", "1.2.3.abc", "1..2", "%2e%2e", "1" * 65):
+        status, _, body = get(f"{base}/studies/{hostile}/thumbnail")
+        assert status in (400, 404), hostile
+        assert b"root:" not in body
+    status, _, body = get(f"{base}/studies/1.2.3.abc/series/1.2/instances/1.3/rendered")
+    assert status == 400 and b"not a UID" in body
+
+
+def test_an_instance_without_pixels_says_so(served: tuple[str, dict[str, Any]]) -> None:
+    base, uids = served
+    status, _, body = get(instance_url(base, uids["reportsi.dcm"]) + "/rendered")
+    assert status == 422 and b"no image" in body
+    study, _, _ = uids["reportsi.dcm"]
+    assert get(f"{base}/studies/{study}/thumbnail")[0] == 422
