@@ -178,7 +178,7 @@ def test_bad_parameters_are_400_with_a_reason(served: Served, query: str, reason
 
 
 def test_unsupported_attribute_is_a_warning(served: Served) -> None:
-    status, head, body = _curl(f"{served.url}/studies?SliceThickness=5")
+    status, head, _ = _curl(f"{served.url}/studies?SliceThickness=5")
     assert status == 200 and "warning: 299" in head.lower() and "SliceThickness" in head
 
 
