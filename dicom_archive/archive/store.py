@@ -29,6 +29,8 @@ _ARCHIVE_ENTRIES = {
     DATA_DIR,
     TMP_DIR,
     QUARANTINE_DIR,
+    # WADO-RS metadata cached per series (dicom_archive/web/metadata.py): derived data.
+    "cache",
 }
 
 

@@ -36,6 +36,7 @@ COMMANDS = {
     "status": "status_cmd",
     "listen": "listen_cmd",
     "send": "send_cmd",
+    "web": "web_cmd",
 }
 EXIT_INTERRUPTED = 130
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from dicom_archive.errors import ConfigError
 from dicom_archive.network.settings import DicomSettings, parse_settings
+from dicom_archive.web.settings import WebSettings, parse_web_settings
 
 DEFAULT_IGNORE = (".*", "*.part", "*.tmp", "*.crdownload")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -55,6 +56,8 @@ class DaemonConfig:
     log_format: str = "auto"
     #: The DICOM listener, on when the file has a [dicom] table.
     dicom: DicomSettings | None = None
+    #: The DICOMweb face, on when the file has a [web] table.
+    web: WebSettings | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective settings, for the start-up log line."""
@@ -67,6 +70,8 @@ class DaemonConfig:
                 value = list(value)
             elif isinstance(value, enum.Enum):
                 value = value.value
+            elif isinstance(value, WebSettings):
+                value = value.summary()  # never the token or a password
             elif isinstance(value, DicomSettings):
                 value = dataclasses.asdict(value)
             out[field.name] = value
@@ -156,6 +161,10 @@ def build_config(
                 source, key, f"missing (set it in the file or pass --{key.replace('_', '-')})"
             )
     config = DaemonConfig(**values)
+    if config.web is not None:  # the table is parsed before the archive is known
+        config = dataclasses.replace(
+            config, web=dataclasses.replace(config.web, archive_root=config.archive)
+        )
     _check_consistency(config, source)
     return config
 
@@ -192,6 +201,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(source, key, "expected a table: [dicom]")
         return parse_settings(value, source)
+    if key == "web":
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, "expected a table: [web]")
+        return parse_web_settings(value, source, Path("."))
     if key == "log_format":
         if value not in LOG_FORMATS:
             raise ConfigError(source, key, f"expected one of {', '.join(LOG_FORMATS)}")
