@@ -25,9 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicom_archive.archive.store import is_archive
 from dicom_archive.errors import ArchiveError, NotAnArchive
 from dicom_archive.network.storing import StoreCommitter
+from dicom_archive.web.browser import browser_routes
 from dicom_archive.web.common import ArchiveAccess, HTTPProblem, log, problem_response
 from dicom_archive.web.metadata import MetadataCache
+from dicom_archive.web.metrics import metrics_routes
 from dicom_archive.web.qido import qido_routes
+from dicom_archive.web.rendered_routes import rendered_routes
 from dicom_archive.web.settings import WebSettings
 from dicom_archive.web.stow import stow_routes
 from dicom_archive.web.wado import wado_routes
@@ -38,6 +41,10 @@ ROUTE_GROUPS: list[Callable[[], list[BaseRoute]]] = [
     wado_routes,
     stow_routes,
     wado_uri_routes,
+    # web-ui: WADO-RS rendered/thumbnail, the study browser at /, Prometheus /metrics
+    rendered_routes,
+    browser_routes,
+    metrics_routes,
 ]
 
 
