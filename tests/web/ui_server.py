@@ -18,29 +18,35 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def serve(root: Path) -> Iterator[str]:
-    """The base URL of a uvicorn serving ``root``; stopped (SIGTERM) on exit."""
+def serve(
+    root: Path,
+    factory: str = "tests.web.ui_app:create_test_app",
+    env: dict[str, str] | None = None,
+    probe: str = "/metrics",
+) -> Iterator[str]:
+    """The base URL of a uvicorn serving ``factory`` (by default our routes on the
+    archive at ``root``); stopped (SIGTERM) on exit."""
     # The socket is bound here and handed over (--fd): no free-port race.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     port = listener.getsockname()[1]
-    env = dict(os.environ, **{ROOT_VARIABLE: str(root)})
+    environment = dict(os.environ, **{ROOT_VARIABLE: str(root)}, **(env or {}))
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
             "--factory",
-            "tests.web.ui_app:create_test_app",
+            factory,
             "--fd",
             str(listener.fileno()),
             "--log-level",
             "warning",
         ],
         cwd=REPO,
-        env=env,
+        env=environment,
         pass_fds=(listener.fileno(),),
     )
     listener.close()
@@ -49,7 +55,7 @@ def serve(root: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(base + "/metrics", timeout=5):
+                with urllib.request.urlopen(base + probe, timeout=5):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
