@@ -180,3 +180,41 @@ def test_an_empty_archive_scrapes_with_zeros(archive: Archive) -> None:
     assert value(samples, "dicom_archive_daemon_up") == 0
     assert value(samples, "dicom_archive_import_duration_seconds_count") == 0
     assert value(samples, "dicom_archive_daemon_files_total", outcome="imported") == 0
+
+
+def test_the_daemons_own_web_server_and_a_separate_one_agree(tmp_path: Path) -> None:
+    """/metrics served inside the daemon ([web] table) and by another process on the
+    same archive give the same figures: both read them from the index."""
+    port = _free_port()
+    daemon = DaemonProcess(tmp_path, web={"port": port})
+    try:
+        daemon.start()
+        for path in write_studies(tmp_path / "drops", StudySpec(series_per_study=1)):
+            shutil.copy(path, daemon.incoming / path.name)
+        (daemon.incoming / "junk.dcm").write_bytes(b"junk")
+        inside = f"http://127.0.0.1:{port}"
+
+        def recorded() -> dict | None:
+            samples = scrape(inside)
+            done = value(samples, "dicom_archive_daemon_files_total", outcome="rejected") == 1
+            return (
+                samples if done and value(samples, "dicom_archive_index_instances") == 3 else None
+            )
+
+        wait_until(recorded, 30, "the daemon's counts")
+        with serve(daemon.archive) as outside:
+            ours, theirs = scrape(inside), scrape(outside)
+        interesting = [
+            key
+            for key in ours
+            if not key[0].startswith(
+                ("dicom_archive_index_file_bytes", "dicom_archive_daemon_heartbeat")
+            )
+        ]
+        assert {k: ours[k] for k in interesting} == {k: theirs[k] for k in interesting}
+        assert value(theirs, "dicom_archive_daemon_files_total", outcome="imported") == 3
+        assert value(theirs, "dicom_archive_import_duration_seconds_count") == 4
+        assert value(theirs, "dicom_archive_daemon_up") == 1
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()

@@ -435,3 +435,37 @@ def test_an_instance_without_pixels_says_so(served: tuple[str, dict[str, Any]]) 
     assert status == 422 and b"no image" in body
     study, _, _ = uids["reportsi.dcm"]
     assert get(f"{base}/studies/{study}/thumbnail")[0] == 422
+
+
+def test_enhanced_multiframe_takes_each_frames_window_and_the_shared_rescale(
+    tmp_path: Path,
+) -> None:
+    """Enhanced objects state rescale and window in functional groups: the per-frame
+    window beats the shared one, and both frames share the rescale."""
+    from pydicom.dataset import Dataset
+
+    def group(**items: Any) -> Dataset:
+        out = Dataset()
+        for sequence, values in items.items():
+            inner = Dataset()
+            for keyword, value in values.items():
+                setattr(inner, keyword, value)
+            setattr(out, sequence, [inner])
+        return out
+
+    raw = np.tile(np.arange(64, dtype=np.uint16) * 50, (32, 1))  # 0..3150
+    ds = make_instance(rows=32, columns=64, BitsStored=16, HighBit=15, NumberOfFrames=2,
+                       PixelData=np.concatenate([raw, raw]).tobytes())  # fmt: skip
+    ds.SharedFunctionalGroupsSequence = [
+        group(PixelValueTransformationSequence={"RescaleSlope": "1", "RescaleIntercept": "-1000"},
+              FrameVOILUTSequence={"WindowCenter": "0", "WindowWidth": "2000"})
+    ]  # fmt: skip
+    ds.PerFrameFunctionalGroupsSequence = [
+        Dataset(),
+        group(FrameVOILUTSequence={"WindowCenter": "1000", "WindowWidth": "500"}),
+    ]
+    path = write_dataset(ds, tmp_path / "enhanced.dcm")
+    values = raw.astype(float) - 1000
+    for frame, (center, width) in ((1, (0, 2000)), (2, (1000, 500))):
+        expected = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255
+        assert_close(frame_pixels(path, frame=frame), np.rint(expected))
