@@ -18,6 +18,7 @@ from bench import network, peers
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
 from bench.deid import deid_section
+from bench.rendering import rendering_section
 from bench.scale import build_bulk_archive, scale_spec
 from bench.sections import (
     export,
@@ -53,7 +54,17 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "lifecycle", "deid")
+SECTIONS = (
+    "import",
+    "peers",
+    "scale",
+    "integrity",
+    "daemon",
+    "network",
+    "lifecycle",
+    "deid",
+    "rendering",
+)
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -270,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]
             network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]
+        if "rendering" in wanted:
+            rendering_section(report, work, reps * 10)
         if "daemon" in wanted:
             daemon_section(
                 report,

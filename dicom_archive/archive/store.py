@@ -34,6 +34,8 @@ _ARCHIVE_ENTRIES = {
     "trash",
     # issue 11 (deid): the de-identification secret and pseudonym map
     "deid",
+    # WADO-RS metadata cached per series (dicom_archive/web/metadata.py): derived data.
+    "cache",
 }
 
 

@@ -43,6 +43,7 @@ COMMANDS = {
     "retention": "retention_cmd",
     "protect": "protect_cmd",
     "unprotect": "unprotect_cmd",
+    "web": "web_cmd",
 }
 EXIT_INTERRUPTED = 130
 

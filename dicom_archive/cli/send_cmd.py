@@ -36,8 +36,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dicom_archive.archive.matching import FindRequest, Level, retrieve_targets
     from dicom_archive.archive.store import open_archive
-    from dicom_archive.network.matching import FindRequest, Level, retrieve_targets
     from dicom_archive.network.sending import send_instances
 
     settings = settings_from_args(args)

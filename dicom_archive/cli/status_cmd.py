@@ -82,6 +82,7 @@ def status_json(status: DaemonStatus) -> dict[str, Any]:
             for e in status.errors
         ],
         "dicom": status.dicom,
+        "web": status.web,
     }
 
 
@@ -122,6 +123,9 @@ def render_text(archive: Path, status: DaemonStatus) -> str:
                 f", {d.get('active', 0)} associations open, {d.get('associations', 0)} since "
                 f"start, {d.get('received', 0)} instances received"
             )
+        if status.web:
+            w = status.web
+            lines.append(f"DICOMweb:     {safe(w.get('url'))} (auth {safe(w.get('auth'))})")
     elif run is not None:
         lines += [
             "Daemon:       not running",

@@ -24,6 +24,7 @@ from dicom_archive.archive.retention import (
 )
 from dicom_archive.errors import ConfigError
 from dicom_archive.network.settings import DicomSettings, parse_settings
+from dicom_archive.web.settings import WebSettings, parse_web_settings
 
 DEFAULT_IGNORE = (".*", "*.part", "*.tmp", "*.crdownload")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -64,6 +65,8 @@ class DaemonConfig:
     # issue 11 (lifecycle): [trash] emptying delay, [retention] rules.
     trash: TrashSettings = dataclasses.field(default_factory=TrashSettings)
     retention: RetentionSettings = dataclasses.field(default_factory=RetentionSettings)
+    #: The DICOMweb face, on when the file has a [web] table.
+    web: WebSettings | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective settings, for the start-up log line."""
@@ -76,6 +79,8 @@ class DaemonConfig:
                 value = list(value)
             elif isinstance(value, enum.Enum):
                 value = value.value
+            elif isinstance(value, WebSettings):
+                value = value.summary()  # never the token or a password
             elif isinstance(value, DicomSettings | TrashSettings | RetentionSettings):
                 value = dataclasses.asdict(value)
             out[field.name] = value
@@ -165,6 +170,10 @@ def build_config(
                 source, key, f"missing (set it in the file or pass --{key.replace('_', '-')})"
             )
     config = DaemonConfig(**values)
+    if config.web is not None:  # the table is parsed before the archive is known
+        config = dataclasses.replace(
+            config, web=dataclasses.replace(config.web, archive_root=config.archive)
+        )
     _check_consistency(config, source)
     return config
 
@@ -205,6 +214,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return parse_trash(value, source)
     if key == "retention":
         return parse_retention(value, source)
+    if key == "web":
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, "expected a table: [web]")
+        return parse_web_settings(value, source, Path("."))
     if key == "log_format":
         if value not in LOG_FORMATS:
             raise ConfigError(source, key, f"expected one of {', '.join(LOG_FORMATS)}")

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_archive.archive.latency import LatencyRecorder
 from dicom_archive.archive.records import Outcome
 from dicom_archive.daemon.config import DaemonConfig
 from dicom_archive.daemon.jobqueue import JobQueue
@@ -66,6 +67,8 @@ class Runtime:
     run_id: int
     stop: threading.Event = field(default_factory=threading.Event)
     counters: Counters = field(default_factory=Counters)
+    #: Import times since the worker last recorded them in the index (for /metrics).
+    latency: LatencyRecorder = field(default_factory=LatencyRecorder)
     #: Set by the scanner/worker, read by the scanner: folders that may now be empty.
     tidy: set[Path] = field(default_factory=set)
     tidy_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -46,6 +46,7 @@ from dicom_archive.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
     from dicom_archive.network.server import DicomServer
+    from dicom_archive.web.server import WebServer
 
 log = get_logger("dicom_archive.daemon")
 
@@ -79,6 +80,7 @@ class Daemon:
         self._incoming_lock: FolderLock | None = None
         self._watcher: Watcher | None = None
         self._dicom: DicomServer | None = None
+        self._web: WebServer | None = None
         self._overflow = OverflowListener(self._on_overflow)
         self.runtime: Runtime | None = None
         self.scanner: Scanner | None = None
@@ -152,6 +154,7 @@ class Daemon:
         try:
             self._watcher = self._start_watcher(config)
             self._dicom = self._start_dicom(config)
+            self._web = self._start_web(config)
             self._install_signals()
             log.info("daemon started", pid=os.getpid(), **config.summary())
             self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=" + self._status_line())
@@ -160,6 +163,8 @@ class Daemon:
         finally:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             log.info("daemon stopping", queue=runtime.queue.depth())
+            if self._web is not None:
+                self._web.stop()  # finishes the requests in flight (10 s at most)
             if self._dicom is not None:
                 self._dicom.stop()  # answers what is in flight, then refuses
             if self._watcher is not None:
@@ -201,7 +206,9 @@ class Daemon:
                 self.notifier.send("STATUS=" + status)
                 last_status = status
             if time.monotonic() >= next_beat:
-                _heartbeat(archive.index, runtime.run_id, runtime.queue.depth(), self._dicom)
+                _heartbeat(
+                    archive.index, runtime.run_id, runtime.queue.depth(), self._dicom, self._web
+                )
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL
         return 0
 
@@ -221,12 +228,30 @@ class Daemon:
             ) from exc
         return server
 
+    def _start_web(self, config: DaemonConfig) -> WebServer | None:
+        """The DICOMweb face of the [web] table; a port already taken is fatal."""
+        if config.web is None:
+            return None
+        from dicom_archive.web.server import WebServer  # starlette only when on
+
+        server = WebServer(config.web)
+        try:
+            server.start()
+        except OSError as exc:
+            where = f"{config.web.bind}:{config.web.port}"
+            raise ConfigError(
+                "[web]", "port", f"cannot listen on {where} ({exc.strerror or exc})"
+            ) from exc
+        return server
+
     def _health_problem(self, index: Index, threads: list[threading.Thread]) -> str:
         if self._watcher is None or not self._watcher.healthy():
             return "the folder watcher (observer thread) died"
         for thread in threads:
             if not thread.is_alive():
                 return f"thread {thread.name} died"
+        if self._web is not None and not self._web.alive():
+            return "the web server (uvicorn thread) died"
         try:
             index.connection.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
         except Exception as exc:
@@ -440,7 +465,13 @@ def _set_state(index: Index, run_id: int, state: str, depth: int) -> None:
         )
 
 
-def _heartbeat(index: Index, run_id: int, depth: int, dicom: DicomServer | None = None) -> None:
+def _heartbeat(
+    index: Index,
+    run_id: int,
+    depth: int,
+    dicom: DicomServer | None = None,
+    web: WebServer | None = None,
+) -> None:
     """The run's heartbeat, never blocking the main thread for long: a locked index
     (another writer) or a full disk costs one skipped beat and a warning, not the
     WATCHDOG=1 pings nor the daemon."""
@@ -453,6 +484,12 @@ def _heartbeat(index: Index, run_id: int, depth: int, dicom: DicomServer | None 
                 db.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('dicom_listener', ?)",
                     (json.dumps(dicom.status() | {"run": run_id}),),
+                )
+        if web is not None:
+            with index.write() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('web_listener', ?)",
+                    (json.dumps(web.status() | {"run": run_id}),),
                 )
     except (IndexBusy, sqlite3.Error) as exc:
         log.warning("cannot write the heartbeat", error=str(exc))

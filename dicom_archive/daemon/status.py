@@ -61,6 +61,8 @@ class DaemonStatus:
     errors: tuple[ErrorInfo, ...]
     #: The running daemon's DICOM listener (AE title, port, counts), if it has one.
     dicom: dict[str, Any] | None = None
+    #: The running daemon's DICOMweb face (URL, auth), if it has one.
+    web: dict[str, Any] | None = None
 
 
 def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
@@ -85,6 +87,7 @@ def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
         ).fetchall()
         run_id = db.execute("SELECT MAX(id) FROM daemon_runs").fetchone()[0]
         listener_row = db.execute("SELECT value FROM meta WHERE key = 'dicom_listener'").fetchone()
+        web_row = db.execute("SELECT value FROM meta WHERE key = 'web_listener'").fetchone()
     run = None
     age = None
     if row is not None:
@@ -101,6 +104,7 @@ def read_status(archive: Archive, errors: int = 10) -> DaemonStatus:
         last_verify=last_verify,
         errors=tuple(ErrorInfo(*e) for e in error_rows),
         dicom=_listener(listener_row, run_id) if running else None,
+        web=_listener(web_row, run_id) if running else None,
     )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from structlog.contextvars import bound_contextvars
 
-from dicom_archive.archive import conflicts
+from dicom_archive.archive import conflicts, latency
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.importer import Importer
 from dicom_archive.archive.index import BUSY_TIMEOUT_MS, Index, now_iso
@@ -323,6 +323,7 @@ class Worker(threading.Thread):
             crash_point("source-removed")
             touched.add(path.parent)
             rt.counters.add(outcome.outcome)
+            rt.latency.observe(outcome.ms / 1000)
             log.info(
                 outcome.outcome.value,
                 archived_path=outcome.archived_path,
@@ -366,6 +367,7 @@ class Worker(threading.Thread):
         )
         touched.add(path.parent)
         rt.counters.add(outcome.outcome)
+        rt.latency.observe(outcome.ms / 1000)
         log.warning(kind, reason=reason, moved_to=str(destination), **fields)
         self._error(kind, job.path, f"{reason}; {differs}" if differs else reason)
         rt.queue.done(job.path, config.settle_time)
@@ -490,8 +492,10 @@ class Worker(threading.Thread):
         counts = self.runtime.counters.snapshot()
         with self._errors_lock:
             errors, self._errors = self._errors, []
+        latencies = self.runtime.latency.take()
         try:
             with index.write() as db:
+                latency.store(db, latencies)
                 db.execute(
                     "UPDATE daemon_runs SET imported = ?, duplicates = ?, conflicts = ?, "
                     "rejected = ?, failed = ? WHERE id = ?",
@@ -517,6 +521,7 @@ class Worker(threading.Thread):
         except (IndexBusy, sqlite3.Error) as exc:
             # A locked index or a full disk: the counts catch up with the next batch;
             # letting this escape would kill the worker thread.
+            self.runtime.latency.restore(latencies)
             log.warning("cannot record counts", error=str(exc))
 
 

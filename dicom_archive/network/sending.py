@@ -13,8 +13,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 
+from dicom_archive.archive.matching import StoredFile
 from dicom_archive.errors import ArchiveError
-from dicom_archive.network.matching import StoredFile
 from dicom_archive.network.server import tune_connection
 from dicom_archive.network.settings import Peer
 

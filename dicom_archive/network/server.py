@@ -32,10 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_archive.archive.records import Outcome
-from dicom_archive.archive.store import open_archive
-from dicom_archive.errors import ArchiveError, InvalidQuery
-from dicom_archive.network.matching import (
+from dicom_archive.archive.matching import (
     RESPONSE_CHARSET,
     FindRequest,
     Level,
@@ -43,6 +40,9 @@ from dicom_archive.network.matching import (
     find,
     retrieve_targets,
 )
+from dicom_archive.archive.records import Outcome
+from dicom_archive.archive.store import open_archive
+from dicom_archive.errors import ArchiveError, InvalidQuery
 from dicom_archive.network.settings import DicomSettings
 from dicom_archive.network.storing import StoreCommitter
 from dicom_archive.text import strip_control

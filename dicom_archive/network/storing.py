@@ -91,6 +91,28 @@ class StoreCommitter:
         assert pending.outcome is not None
         return pending.outcome
 
+    def store_many(self, paths: list[Path]) -> list[ImportOutcome]:
+        """Import several files, queued together so they share group commits; one
+        outcome per path, in order (a STOW-RS request's parts)."""
+        if self._stopping.is_set() or not self._thread.is_alive():
+            return [
+                ImportOutcome(p, Outcome.FAILED, reason="the archive is shutting down")
+                for p in paths
+            ]
+        pending = [_Pending(p) for p in paths]
+        for item in pending:
+            self._queue.put(item)
+        outcomes = []
+        for item in pending:
+            while not item.done.wait(0.5):
+                if not self._thread.is_alive():
+                    break
+            outcomes.append(
+                item.outcome
+                or ImportOutcome(item.path, Outcome.FAILED, reason="the archive is shutting down")
+            )
+        return outcomes
+
     def _run(self) -> None:
         try:
             archive = open_archive(self.archive_root)

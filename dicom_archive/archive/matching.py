@@ -1,4 +1,4 @@
-"""C-FIND from the index: an identifier in, one response identifier per match out.
+"""C-FIND and QIDO-RS matching from the index: an identifier in, one match per result out.
 
 PS3.4 C.2.2.2 matching on the index's columns, never on files: single value,
 wildcard (``*``, ``?``; case-insensitive on every text attribute, as the CLI's
@@ -238,10 +238,16 @@ def _fold_or_empty(value: object) -> str:
 
 
 def find(
-    index: Index, request: FindRequest, cancelled: Callable[[], bool] = lambda: False
+    index: Index,
+    request: FindRequest,
+    cancelled: Callable[[], bool] = lambda: False,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Matches as keyword -> value (None for an empty value), in a stable order.
 
+    ``limit`` and ``offset`` page through that order in SQL (QIDO-RS's paging).
     Raises ``InvalidQuery`` for a value that cannot be matched (a malformed date)."""
     level = request.level
     keys = [k for k in request.return_keys if k in ATTRIBUTES and ATTRIBUTES[k].level <= level]
@@ -271,6 +277,9 @@ def find(
         f"SELECT {columns} FROM {tables} WHERE {' AND '.join(clauses) or '1'} "
         f"ORDER BY {_ORDER[level]}"
     )
+    if limit is not None or offset:
+        sql += " LIMIT ? OFFSET ?"
+        params.extend([-1 if limit is None else limit, offset])
     _register_fold(index.connection)
     with index.read() as db:
         cursor = db.execute(sql, params)
