@@ -41,6 +41,8 @@ BULK_THRESHOLD = 1024
 _DEFER = 64 * 1024
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 PIXEL_DATA = 0x7FE00010
+#: Data Set Trailing Padding (PS3.10 7.2): no meaning, not metadata.
+_TRAILING_PADDING = 0xFFFCFFFC
 #: Series with more files than this are parsed by a pool of processes.
 _POOL_FROM = 48
 _MEMORY_ITEMS = 64
@@ -76,6 +78,8 @@ def instance_json(path: Path, uri_prefix: str) -> bytes:
     ds = dcmread(path, defer_size=_DEFER)
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
+        if tag == _TRAILING_PADDING:
+            continue
         key = f"{int(tag):08X}"
         # Any: a RawDataElement's VR is None for implicit VR, which the stubs deny.
         raw: Any = ds.get_item(tag, keep_deferred=True)
