@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import network, peers
+from bench import network, peers, web
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
 from bench.scale import build_bulk_archive, scale_spec
@@ -52,7 +52,7 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network")
+SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "web")
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -255,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]
             network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]
+        if "web" in wanted:
+            web.web_section(
+                report,
+                work,
+                corpora,
+                100_000,
+                reps,
+                int(config["query_reps"]),  # type: ignore[call-overload]
+            )
         if "daemon" in wanted:
             daemon_section(
                 report,
