@@ -253,7 +253,7 @@ def test_metadata_cache_follows_the_series(served: Served, tmp_path: Path) -> No
     the answer lists it; a damaged cache file is rebuilt, never served."""
     study, series, _sop, path = _find(served.root, "1.2.840.10008.1.2.1")
     first = pydicom.dcmread(path)
-    cache = MetadataCache(served.root, pool_workers=0)
+    cache = MetadataCache(served.root)
     with open_archive(served.root) as archive:
         before = cache.series(archive, study, series)
         assert before is not None
@@ -272,13 +272,13 @@ def test_metadata_cache_follows_the_series(served: Served, tmp_path: Path) -> No
         after = cache.series(archive, study, series)
         assert after is not None and cache.parsed == parsed + 1
         assert len(after.spans) == len(before.spans) + 1
-        fresh = MetadataCache(served.root, pool_workers=0)
+        fresh = MetadataCache(served.root)
         assert fresh.series(archive, study, series).body == after.body  # type: ignore[union-attr]
         assert fresh.parsed == 0  # from the cache file
         cache_file = next((served.root / "cache" / "metadata").glob("*.json"))
         for damaged in sorted((served.root / "cache" / "metadata").glob("*.json")):
             damaged.write_bytes(damaged.read_bytes()[:-10])
-        again = MetadataCache(served.root, pool_workers=0)
+        again = MetadataCache(served.root)
         assert again.series(archive, study, series).body == after.body  # type: ignore[union-attr]
         assert again.parsed > 0 and cache_file.exists()
     cache.close()
