@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import network, peers
+from bench import network, peers, web
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
 from bench.deid import deid_section
@@ -64,6 +64,7 @@ SECTIONS = (
     "lifecycle",
     "deid",
     "rendering",
+    "web",
 )
 
 
@@ -283,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]
         if "rendering" in wanted:
             rendering_section(report, work, reps * 10)
+        if "web" in wanted:
+            web.web_section(
+                report,
+                work,
+                corpora,
+                100_000,
+                reps,
+                int(config["query_reps"]),  # type: ignore[call-overload]
+            )
         if "daemon" in wanted:
             daemon_section(
                 report,

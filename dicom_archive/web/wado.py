@@ -136,7 +136,10 @@ def _retrieve(request: Request, level: Level) -> Response:
         # As stored: the length is known up front, so no chunked encoding.
         try:
             total = sum(
-                len(_dicom_part(boundary, s)) + os.stat(root / t.file_path).st_size + 2
+                len(_dicom_part(boundary, s))
+                + os.stat(root / t.file_path).st_size
+                + len(_preamble_for(root / t.file_path))
+                + 2
                 for t, s in plan
             ) + len(closing(boundary))
             headers["Content-Length"] = str(total)
@@ -144,6 +147,20 @@ def _retrieve(request: Request, level: Level) -> Response:
             pass
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(_stream_files(root, plan, boundary), 200, headers, media)
+
+
+#: PS3.10 7.1: what a Part 10 file starts with. Files stored without it (accepted from
+#: the wild, meta first) are sent with it, as PS3.18 asks for Part 10 files.
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+def lacks_preamble(head: bytes) -> bool:
+    return head[128:132] != b"DICM" and head[:2] == b"\x02\x00"
+
+
+def _preamble_for(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return PREAMBLE if lacks_preamble(handle.read(132)) else b""
 
 
 def _dicom_part(boundary: str, syntax: str) -> bytes:
@@ -158,6 +175,10 @@ def _stream_files(root: Path, plan: list[tuple[StoredFile, str]], boundary: str)
             yield _transcoded(path, syntax)
         else:
             with open(path, "rb") as handle:
+                first = handle.read(CHUNK)
+                if lacks_preamble(first):
+                    yield PREAMBLE
+                yield first
                 while chunk := handle.read(CHUNK):
                     yield chunk
         yield b"\r\n"
