@@ -203,9 +203,9 @@ def _owner() -> tuple[int, str]:
 
 
 def _user() -> str:
-    from dicom_archive.archive.audit import _user as audit_user
+    from dicom_archive.archive.audit import current_user
 
-    return audit_user()
+    return current_user()
 
 
 # -- delete --------------------------------------------------------------------
