@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             lifecycle.zip_speed(
                 report, archive, c512.study_uids[0], c512.files, c512.bytes, work, reps
             )
+            lifecycle.delete_restore_speed(
+                report, archive, c512.study_uids[0], c512.files, work, reps
+            )
             shutil.rmtree(archive, ignore_errors=True)
             lifecycle.zip_memory(report, work)
         if "deid" in wanted:

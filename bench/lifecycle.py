@@ -140,3 +140,58 @@ def zip_memory(report: Report, work: Path) -> None:
             target="≤ 1.15 × (flat)",
         )
     )
+
+
+def delete_restore_speed(
+    report: Report, archive: Path, study_uid: str, files: int, work: Path, reps: int
+) -> None:
+    """`delete --yes` then `trash restore` of one study, against `mv` of its folder out
+    and back with a `sync -f` after each (what a hand-made trash would cost)."""
+    import json
+
+    study = _study_dir(archive, study_uid)
+    aside = work / "bench-trash-aside"
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(reps):
+        _settle(work)
+        theirs.append(
+            shell(
+                f"mv '{study}' '{aside}' && sync -f '{work}' && mv '{aside}' '{study}' "
+                f"&& sync -f '{work}'"
+            ).seconds
+        )
+        _settle(work)
+        deleted = cli("delete", "-a", str(archive), "--study-uid", study_uid, "--yes")
+        listing = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dicom_archive",
+                "trash",
+                "list",
+                "-a",
+                str(archive),
+                "-f",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (entry,) = json.loads(listing.stdout)
+        restored = cli("trash", "restore", "-a", str(archive), str(entry["id"]))
+        if deleted.returncode != 0 or restored.returncode != 0:
+            raise RuntimeError("delete or restore failed in the bench")
+        ours.append(deleted.seconds + restored.seconds)
+    report.add(
+        Result(
+            "lifecycle",
+            f"delete + trash restore of a {files:,}-instance study (two CLI runs)",
+            files / median(ours),
+            "files/s",
+            files / median(theirs),
+            "mv out and back + sync each",
+            target="informational",
+        )
+    )
