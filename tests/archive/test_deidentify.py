@@ -212,6 +212,7 @@ def test_no_attribute_the_profile_removes_survives_in_pydicoms_files(
             "TransferSyntaxUID", out.file_meta.TransferSyntaxUID
         )
         if "PixelData" in original:
+            assert "PixelData" in out, f"{path.name}: pixel data lost"
             assert out.PixelData == original.PixelData, f"{path.name}: pixel data changed"
         assert out.PatientIdentityRemoved == "YES"
         codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
@@ -546,3 +547,17 @@ def test_worker_processes_write_the_same_bytes_as_one_process(
     pool = {p.relative_to(tmp_path / "pool"): p.read_bytes() for p in outputs(tmp_path / "pool")}
     assert one == pool
     assert [p for p in tmp_path.rglob(".*")] == []
+
+
+def test_elements_after_pixel_data_still_meet_the_profile(archive: Archive, tmp_path: Path) -> None:
+    """Pixel Data is copied as it lies only when nothing follows it: a private group
+    after it (GE's 7FE1) is removed like any other, and the pixels are unchanged."""
+    ds = make_instance(PatientID="P-TAIL")
+    block = ds.private_block(0x7FE1, "GEMS_Ultrasound_MovieGroup_001", create=True)
+    block.add_new(0x01, "LO", "Müller's movie")
+    source = write_dataset(ds, tmp_path / "tail.dcm")
+    _import(archive, [source])
+    export_deidentified(archive, Selector(patient_id="P-TAIL"), tmp_path / "o", DeidOptions())
+    out = read(outputs(tmp_path / "o")[0])
+    assert not [e.tag for e in out if e.tag.group == 0x7FE1]
+    assert out.PixelData == read(source).PixelData
