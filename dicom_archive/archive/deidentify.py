@@ -30,8 +30,9 @@ option, the action that replaces it. What this module decides, and why:
   a whole overlay group (60xx) goes with its Overlay Data: what is left would describe
   a plane that is no longer there.
 - **Replacement values** are keyed hashes (see pseudonyms.py): UIDs ``2.25.N``, Patient
-  ID and Name ``ANON-XXXXXXXXXXXX`` per patient and project, a date offset per patient
-  and project. Pixel Data and everything else not touched are written back as read.
+  ID ``ANON-XXXXXXXXXXXX`` and Name ``ANON^XXXXXXXXXXXX`` per patient and project, a date
+  offset per patient and project. Pixel Data and everything else not touched are
+  written back as read.
 """
 
 from __future__ import annotations
@@ -389,7 +390,8 @@ class Deidentifier:
         return json.dumps(["", text(_PATIENT_NAME), text(_PATIENT_BIRTH_DATE)], ensure_ascii=False)
 
     def _stamp(self, ds: Dataset, pseudonym: str) -> None:
-        ds.PatientName = pseudonym
+        # ANON^CODE: a family and a given name (a PN without ^ is the retired form).
+        ds.PatientName = pseudonym.replace("-", "^", 1)
         ds.PatientID = pseudonym
         ds.PatientIdentityRemoved = "YES"
         names = [METHOD_NAME] + [meaning[:64] for _, meaning in self.options.method_codes()[1:]]

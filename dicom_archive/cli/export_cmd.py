@@ -211,7 +211,8 @@ def _run_deidentified(args: argparse.Namespace) -> int:
     failed = f", {len(report.errors)} errors" if report.errors else ""
     print(
         f"{report.written} files de-identified ({human_bytes(report.bytes_written)}){skipped}"
-        f"{failed} for {report.patients} patients, project {safe(project)!r}, "
+        f"{failed} for {report.patients} patient{'s' if report.patients != 1 else ''}, "
+        f"project {safe(project)!r}, "
         f"to {safe(args.output)} in {seconds:.1f} s"
     )
     return EXIT_PROBLEMS if report.errors else EXIT_OK
