@@ -53,7 +53,7 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "deid")
+SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "lifecycle", "deid")
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -253,7 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             integrity(report, archive, check_corpus.files + corpora["512x512"].files, reps)
             export(report, archive, corpora["512x512"].study_uids[0], work, reps)
             shutil.rmtree(archive, ignore_errors=True)
-        if "deid" in wanted:
+        if "lifecycle" in wanted:  # issue 11: ZIP export speed and memory
+            from bench import lifecycle
+
+            archive = work / "lifecycle-archive"
+            cli("init", "-p", str(archive))
+            cli("import", "-a", str(archive), "--recursive", str(corpora["512x512"].root))
+            c512 = corpora["512x512"]
+            lifecycle.zip_speed(
+                report, archive, c512.study_uids[0], c512.files, c512.bytes, work, reps
+            )
+            shutil.rmtree(archive, ignore_errors=True)
+            lifecycle.zip_memory(report, work)
+        if "deid" in wanted:  # issue 11: de-identified export against the plain one
             deid_section(report, corpora["512x512"], work, reps)
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]

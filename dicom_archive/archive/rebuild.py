@@ -439,6 +439,12 @@ def rebuild_index(root: Path | str, *, dry_run: bool = False) -> RebuildReport:
         previous = _load_previous(paths, scratch)
         with index.write() as connection:
             scan = _index_files(paths, index, connection)
+            # issue 11: the trash (from its manifests) and protections survive a rebuild.
+            from dicom_archive.archive import trash
+
+            trash.adopt_manifests(paths.root, connection)
+            if previous.kind == "index":
+                trash.carry_protected(paths.index, connection)
             now = now_iso()
             connection.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('created_at', ?)",

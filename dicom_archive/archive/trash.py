@@ -356,6 +356,8 @@ def _write_manifest(archive: Archive, entry_pk: int) -> None:
             "sha256": item.sha256,
             "importDate": item.imported_at,
             **{_camel(k): v for k, v in dataclasses.asdict(item.header).items()},
+            # As the journal keeps it, so that a rebuilt index can adopt the entry.
+            "header": dataclasses.asdict(item.header),
         }
         for item in _items(archive.index.connection, entry_pk)
     ]
@@ -780,3 +782,74 @@ def trash_totals(index: Index) -> tuple[int, int, int]:
         "SELECT COUNT(DISTINCT entry_pk), COUNT(*), COALESCE(SUM(file_size), 0) FROM trash_items"
     ).fetchone()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def adopt_manifests(root: Path, connection: sqlite3.Connection) -> int:
+    """Journal again the trash entries a rebuilt index lacks, from their manifests:
+    only the items whose files are still in the entry's folder (a partial restore
+    took the others back). Inside the rebuild's write transaction; how many entries."""
+    trash_dir = root / TRASH_DIR
+    if not trash_dir.is_dir():
+        return 0
+    adopted = 0
+    for folder in sorted(p for p in trash_dir.iterdir() if p.is_dir()):
+        manifest = folder / MANIFEST
+        if connection.execute(
+            "SELECT 1 FROM trash_entries WHERE folder = ?", (folder.name,)
+        ).fetchone():
+            continue
+        try:
+            document = json.loads(manifest.read_text(encoding="utf-8"))
+            items = [item for item in document["items"] if (folder / item["filePath"]).is_file()]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no usable manifest: the files stay where they are, for a person
+        if not items:
+            continue
+        cursor = connection.execute(
+            "INSERT INTO trash_entries(folder, state, created_at, origin, selection, reason, "
+            "user) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                folder.name,
+                TRASHED,
+                str(document.get("deletedAt", now_iso())),
+                str(document.get("origin", "delete")),
+                str(document.get("selection", "")),
+                str(document.get("reason", "")),
+                str(document.get("user", "")),
+            ),
+        )
+        connection.executemany(
+            "INSERT INTO trash_items(entry_pk, sop_instance_uid, file_path, file_size, sha256, "
+            "imported_at, header) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    cursor.lastrowid,
+                    item["header"]["sop_instance_uid"],
+                    item["filePath"],
+                    item["fileSize"],
+                    item["sha256"],
+                    item["importDate"],
+                    json.dumps(item["header"]),
+                )
+                for item in items
+            ],
+        )
+        adopted += 1
+    return adopted
+
+
+def carry_protected(old_index: Path, connection: sqlite3.Connection) -> None:
+    """Copy the protected studies and patients of a readable previous index."""
+    try:
+        # Not read-only: a read-only WAL reader leaves -wal/-shm files behind, which
+        # would then sit beside the installed index. A normal close removes them.
+        old = sqlite3.connect(old_index, timeout=30, isolation_level=None)
+        try:
+            rows = old.execute("SELECT kind, value, reason, at FROM protected").fetchall()
+        finally:
+            old.close()
+    except sqlite3.Error:
+        return
+    connection.executemany(
+        "INSERT OR IGNORE INTO protected(kind, value, reason, at) VALUES (?, ?, ?, ?)", rows
+    )

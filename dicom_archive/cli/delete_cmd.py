@@ -53,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
         )
         for patient_id, name, study_uid, date, description, count in seen.studies:
             print(safe(f"  {patient_id} {name}  {date} {description}  {study_uid}  ({count})"))
+        if seen.protected:
+            print(
+                safe(
+                    f"dicom-archive: {selection.describe()} includes protected "
+                    f"{', '.join(seen.protected)}; unprotect it first (dicom-archive unprotect)"
+                ),
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEMS
         if not args.yes and not _confirmed(seen.instances):
             return EXIT_PROBLEMS
         made = delete(archive, selection, reason=args.reason)

@@ -16,7 +16,7 @@ from dicom_archive.cli.common import (
     open_from_args,
     safe,
 )
-from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS
+from dicom_archive.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,13 +28,20 @@ def add_parser(subparsers: Any) -> None:
         "different one is an error and is never overwritten.",
     )
     add_archive_option(parser)
-    parser.add_argument("--output", "-o", required=True, type=Path, metavar="DIR")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="DIR",
+        help="the folder to copy into (a name ending in .zip: a ZIP file, as --zip)",
+    )
     selector = parser.add_mutually_exclusive_group(required=True)
     selector.add_argument("--study-uid", metavar="U", help="a Study Instance UID")
     selector.add_argument("--series-uid", metavar="U", help="a Series Instance UID")
     selector.add_argument("--patient-id", metavar="ID", help="a Patient ID (exact)")
     parser.add_argument("--flatten", action="store_true", help="all files directly in DIR")
     parser.add_argument("--verbose", action="store_true", help="one line per file")
+    add_media_options(parser)
     _add_deidentify_options(parser)
     parser.set_defaults(run=run)
 
@@ -42,6 +49,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.deidentify or _deidentify_options_given(args):
         return _run_deidentified(args)
+    media = run_media(args)
+    if media is not None:
+        return media
+    if args.output is None:
+        raise UsageError("say where to: --output DIR, --zip FILE or --dicomdir DIR")
     started = time.perf_counter()
     selector = Selector(args.study_uid, args.series_uid, args.patient_id)
     with open_from_args(args) as archive:
@@ -74,6 +86,95 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{report.copied} files exported ({human_bytes(report.bytes_copied)}){skipped}{failed} "
         f"to {safe(args.output)} in {seconds:.1f} s"
+    )
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+# -- issue 11 (lifecycle): ZIP file and DICOMDIR media -----------------------------
+
+
+def add_media_options(parser: argparse.ArgumentParser) -> None:
+    media = parser.add_argument_group("a ZIP file or DICOMDIR media instead of a folder")
+    media.add_argument(
+        "--zip",
+        type=Path,
+        metavar="FILE",
+        help="one ZIP file (streamed, ZIP64 when large) with readable Patient/Study/Series "
+        "folders; an existing FILE is refused",
+    )
+    media.add_argument(
+        "--dicomdir",
+        type=Path,
+        metavar="DIR",
+        help="a PS3.10 file-set in DIR (new or empty): DICOMDIR plus DICOM/PAT00001/... with "
+        "8-character File IDs, ready for a CD, DVD or USB stick",
+    )
+
+
+def run_media(args: argparse.Namespace) -> int | None:
+    """The exit code of a --zip or --dicomdir export, or None for a folder export."""
+    output = args.output
+    as_zip = args.zip
+    if output is not None and output.suffix.lower() == ".zip" and not output.is_dir():
+        if as_zip is not None:
+            raise UsageError("give the ZIP file once: --zip FILE or -o FILE.zip")
+        as_zip, output = output, None
+    chosen = [x for x in (output, as_zip, args.dicomdir) if x is not None]
+    if len(chosen) > 1:
+        raise UsageError("choose one of --output DIR, --zip FILE, --dicomdir DIR")
+    if as_zip is None and args.dicomdir is None:
+        return None
+    if getattr(args, "flatten", False):
+        raise UsageError("--flatten applies to --output DIR only")
+    selector = Selector(args.study_uid, args.series_uid, args.patient_id)
+    if as_zip is not None:
+        return _run_zip(args, selector, as_zip)
+    return _run_dicomdir(args, selector, args.dicomdir)
+
+
+def _run_zip(args: argparse.Namespace, selector: Selector, target: Path) -> int:
+    from dicom_archive.archive.export_zip import ZipMember, export_zip
+
+    started = time.perf_counter()
+    with open_from_args(args) as archive:
+        progress = ProgressBar(0, "zipping")
+
+        def on_selected(total: int) -> None:
+            nonlocal progress
+            progress = ProgressBar(total, "zipping")
+
+        def on_member(member: ZipMember, status: str) -> None:
+            progress.advance()
+            if args.verbose:
+                progress.close()
+                print(safe(f"{status:9}  {member.file_path}  ->  {member.name}"))
+
+        report = export_zip(archive, selector, target, on_selected=on_selected, on_member=on_member)
+        progress.close()
+    for error in report.errors:
+        print(f"error  {safe(error)}", file=sys.stderr)
+    failed = f", {len(report.errors)} errors" if report.errors else ""
+    print(
+        f"{report.written} files ({human_bytes(report.bytes_written)}) in {safe(target)} "
+        f"({human_bytes(report.zip_bytes)}){failed} in {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+def _run_dicomdir(args: argparse.Namespace, selector: Selector, target: Path) -> int:
+    from dicom_archive.archive.dicomdir import export_dicomdir
+
+    started = time.perf_counter()
+    with open_from_args(args) as archive:
+        report = export_dicomdir(archive, selector, target)
+    for error in report.errors:
+        print(f"error  {safe(error)}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning  {safe(warning)}", file=sys.stderr)
+    print(
+        f"{report.written} files ({human_bytes(report.bytes_written)}) in the file-set "
+        f"{safe(target)}; media profile: {report.profile}"
+        f" in {time.perf_counter() - started:.1f} s"
     )
     return EXIT_PROBLEMS if report.errors else EXIT_OK
 
@@ -153,10 +254,11 @@ def _deidentify_options_given(args: argparse.Namespace) -> bool:
 def _run_deidentified(args: argparse.Namespace) -> int:
     from dicom_archive.archive.deid_export import export_deidentified
     from dicom_archive.archive.deidentify import DeidOptions
-    from dicom_archive.errors import UsageError
 
     if not args.deidentify:
         raise UsageError("de-identification options need --deidentify")
+    if args.output is None or args.zip is not None or args.dicomdir is not None:
+        raise UsageError("--deidentify writes into a folder: --output DIR (not --zip, --dicomdir)")
     project = "default" if args.project is None else args.project
     if not project or len(project) > 64 or not project.isprintable():
         raise UsageError("--project: 1 to 64 printable characters")

@@ -151,3 +151,22 @@ def test_cli_dry_run_lists_and_changes_nothing(
 def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_retention(table, "daemon.toml")
+
+
+def test_daemon_config_reads_trash_and_retention_tables(tmp_path: Path) -> None:
+    from dicom_archive.daemon.config import load_config
+
+    path = tmp_path / "daemon.toml"
+    base = 'archive = "a"\nincoming = "i"\nrejected = "r"\n'
+    path.write_text(
+        base + "[trash]\nempty_after_days = 7\n[retention]\ninterval_hours = 2\n"
+        '[[retention.rule]]\nolder_than_days = 30\nby = "import_date"\n'
+    )
+    config = load_config(path)
+    assert config.trash.empty_after == 7 * 86400
+    assert config.retention.interval == 7200
+    assert config.retention.rules == (RetentionRule(30, "import_date"),)
+    assert config.summary()["retention"]["rules"][0]["by"] == "import_date"
+    path.write_text(base + "[trash]\nempty_after = 7\n")
+    with pytest.raises(ConfigError, match=r"trash\.empty_after: unknown key"):
+        load_config(path)

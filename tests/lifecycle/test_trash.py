@@ -227,3 +227,70 @@ def test_cli_delete_nothing_matches_and_confirmation(
     assert main(["trash", "empty", "-a", root]) == 1  # no tty, no --yes
     assert main(["trash", "empty", "-a", root, "--yes"]) == 0
     assert "Removed 1 trash entries, 12 instances" in capsys.readouterr().out
+
+
+def test_a_rebuilt_index_keeps_the_trash_and_protections(filled: Archive) -> None:
+    """rebuild makes a new index from data/: the trash is adopted again from its
+    manifests (a restorable entry, not stray files) and protections carry over."""
+    from dicom_archive.archive.rebuild import rebuild_index
+    from dicom_archive.archive.retention import protect, protected_items
+
+    rows_before = index_rows(filled.root)
+    made = trash.delete(filled, trash.Selection(patient_id="PAT00001"))
+    protect(filled, "patient", "PAT00000", reason="hold")
+    filled.close()
+    rebuild_index(filled.root)
+    with open_archive(filled.root) as rebuilt:
+        (entry,) = trash.entries(rebuilt)
+        assert (entry.instances, entry.selection, entry.folder) == (12, made.selection, made.folder)
+        assert [(p.kind, p.value) for p in protected_items(rebuilt)] == [("patient", "PAT00000")]
+        assert trash.restore(rebuilt, entry.id).restored == 12
+        assert check_archive(rebuilt, verify_files=True).clean
+    assert set(index_rows(filled.root)) == set(rows_before)
+
+
+def test_an_importer_adopting_a_file_mid_delete_keeps_it(
+    filled: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the journal (rows dropped) and the moves, an import of identical bytes
+    adopts the file still at its path: it stays archived and leaves the journal, so no
+    row ever names a file that went to the trash."""
+    study = _studies(filled)[0]
+    victim = next(
+        path
+        for (path,) in filled.index.connection.execute(
+            "SELECT i.file_path FROM instances i JOIN series se ON se.id = i.series_pk "
+            "JOIN studies st ON st.id = se.study_pk WHERE st.study_instance_uid = ?",
+            (study,),
+        )
+    )
+    again = tmp_path / "again.dcm"
+    again.write_bytes((filled.root / victim).read_bytes())
+    real = trash._write_manifest
+
+    def import_in_between(archive: Archive, entry_pk: int) -> None:
+        real(archive, entry_pk)
+        (outcome,) = list(import_paths(archive, [again]))
+        assert outcome.outcome == "imported" and outcome.archived_path == victim
+
+    monkeypatch.setattr(trash, "_write_manifest", import_in_between)
+    made = trash.delete(filled, trash.Selection(study_uid=study))
+    assert made.instances == 5
+    assert (filled.root / victim).is_file()
+    assert victim in {path for path, _, _ in index_rows(filled.root).values()}
+    assert check_archive(filled, verify_files=True).clean
+
+
+def test_cli_refuses_a_protected_selection_before_asking(
+    filled: Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(filled.root)
+    assert main(["protect", "-a", root, "--patient-id", "PAT00000", "--reason", "trial"]) == 0
+    assert main(["delete", "-a", root, "--patient-id", "PAT00000", "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "includes protected patient PAT00000 (trial)" in err and err.count("\n") == 1
+    assert archive_stats(filled.index).instances == 24
+    assert main(["unprotect", "-a", root, "--patient-id", "PAT00000"]) == 0
+    assert main(["delete", "-a", root, "--patient-id", "PAT00000", "--yes"]) == 0
+    actions = [e.action for e in read_audit(filled.root)]
+    assert actions == ["protect", "unprotect", "delete"]

@@ -208,6 +208,7 @@ def _random_kills(root: Path, original: Counter[str], rounds: int, seed: int) ->
         process.wait()
         assert_consistent_at_rest(root, original)
         mid_step += _interrupted(root)
+    print(f"{rounds} rounds: {kills} killed, {mid_step} inside a delete or restore")
     assert kills, "no round reached its kill"
     assert mid_step, "no kill landed inside a delete or restore: the test proves nothing"
     assert_recovered(root, original)
