@@ -76,7 +76,7 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
-def _user() -> str:
+def current_user() -> str:
     """The OS account of the process (not $USER, which anyone can set), and who
     ran sudo when it was sudo."""
     uid = os.getuid()
@@ -107,7 +107,7 @@ def append_audit(
     entry = AuditEntry(
         at=_utc_now(),
         action=action,
-        user=_user(),
+        user=current_user(),
         host=socket.gethostname(),
         pid=os.getpid(),
         selection=selection,

@@ -234,6 +234,9 @@ def _build(
         )
     report.profile, notes = media_profile(syntaxes)
     report.warnings.extend(notes)
+    capacity = _capacity_note(report.bytes_written)
+    if capacity:
+        report.warnings.append(capacity)
     if invented:
         listed = ", ".join(f"{k} ({n})" for k, n in sorted(invented.items()))
         report.warnings.append(
@@ -311,3 +314,18 @@ def _add(fileset: Any, ds: Any) -> Any:
                 with contextlib.suppress(Exception):
                     setattr(reduced, keyword, ds[keyword].value)
         return fileset.add(reduced)
+
+
+#: Usable bytes of the media the general-purpose profiles name (a 700 MB CD-R, a
+#: single-layer DVD, a single-layer BD).
+_MEDIA = (("a CD-R", 700 * 1024**2), ("a DVD", 4_700_000_000), ("a BD", 25_000_000_000))
+
+
+def _capacity_note(size: int) -> str:
+    """What the file-set is too big for, when it is too big for a CD-R."""
+    too_small = [name for name, capacity in _MEDIA if size > capacity]
+    if not too_small:
+        return ""
+    fits = next((name for name, capacity in _MEDIA if size <= capacity), "")
+    where = f"it fits {fits} or a USB stick" if fits else "use a USB stick or a disk"
+    return f"the file-set holds {size / 1e9:.1f} GB: too big for {' or '.join(too_small)}; {where}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from dicom_archive.archive.layout import (
     TMP_DIR,
     ArchivePaths,
 )
-from dicom_archive.errors import ArchiveExists, NotAnArchive, UnsafeInit
+from dicom_archive.errors import ArchiveError, ArchiveExists, NotAnArchive, UnsafeInit
 
 #: What ``init --force`` may remove: the things an archive consists of.
 _ARCHIVE_ENTRIES = {
@@ -70,8 +71,13 @@ def open_archive(root: Path | str) -> Archive:
     from dicom_archive.archive import trash  # here: trash is built on this module
 
     # A delete, restore or empty killed part-way is finished before anything reads.
+    # If it cannot be finished now (a full disk), the journal keeps it for the next
+    # open: its state is consistent meanwhile, and no command is refused for it.
     if trash.unfinished(archive.index):
-        trash.recover(archive)
+        try:
+            trash.recover(archive)
+        except (OSError, ArchiveError, sqlite3.Error):
+            pass
     return archive
 
 

@@ -203,9 +203,9 @@ def _owner() -> tuple[int, str]:
 
 
 def _user() -> str:
-    from dicom_archive.archive.audit import _user as audit_user
+    from dicom_archive.archive.audit import current_user
 
-    return audit_user()
+    return current_user()
 
 
 # -- delete --------------------------------------------------------------------
@@ -330,10 +330,26 @@ def trash_where(
         )
         index.remove_instances(connection, [row[20] for row in rows])
     crash_point("trash-journaled")
-    _write_manifest(archive, entry_pk)
-    crash_point("trash-manifest")
-    _finish_moving(archive, entry_pk)
+    try:
+        _write_manifest(archive, entry_pk)
+        crash_point("trash-manifest")
+        _finish_moving(archive, entry_pk)
+    except OSError as exc:
+        # The rows are out and journaled: nothing is inconsistent, only unfinished.
+        _release(archive, entry_pk)
+        raise ArchiveError(
+            f"{described}: the delete stopped part-way ({exc.strerror or exc}); its files "
+            "are journaled as trash entry "
+            f"{entry_pk} and the next command on the archive finishes moving them"
+        ) from exc
     return entry(archive, entry_pk)
+
+
+def _release(archive: Archive, entry_pk: int) -> None:
+    """Hand an unfinished entry to whoever opens the archive next (owner pid 0 is no
+    running process), rather than leave it to this one until it exits."""
+    with contextlib.suppress(sqlite3.Error, ArchiveError), archive.index.write() as connection:
+        connection.execute("UPDATE trash_entries SET owner_pid = -1 WHERE id = ?", (entry_pk,))
 
 
 def refresh_snapshot(archive: Archive, seconds: float) -> bool:
@@ -732,6 +748,8 @@ def _owner_gone(pid: int, host: str) -> bool:
         return False  # another machine's process: it cannot be asked; leave it
     if pid == os.getpid():
         return False
+    if pid < 0:
+        return True  # released by a process that could not finish it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -180,3 +180,11 @@ def test_a_full_disk_leaves_no_file_set(archive: Archive, tmp_path: Path) -> Non
         assert list(full.iterdir()) == []
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_capacity_note_names_the_media_that_fit() -> None:
+    from dicom_archive.archive.dicomdir import _capacity_note
+
+    assert _capacity_note(600 * 1024**2) == ""
+    assert "too big for a CD-R; it fits a DVD" in _capacity_note(2_000_000_000)
+    assert "too big for a CD-R or a DVD; it fits a BD" in _capacity_note(10_000_000_000)

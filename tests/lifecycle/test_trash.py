@@ -4,6 +4,7 @@ everything comes back byte for byte, and index, snapshot and stats stay right.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,48 @@ def test_cli_refuses_a_protected_selection_before_asking(
     assert main(["delete", "-a", root, "--patient-id", "PAT00000", "--yes"]) == 0
     actions = [e.action for e in read_audit(filled.root)]
     assert actions == ["protect", "unprotect", "delete"]
+
+
+def test_a_full_filesystem_mid_delete_is_finished_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The archive on a real tmpfs with no inode left: the trash folder cannot be made,
+    the delete says so in one line, nothing is lost or inconsistent (check is clean),
+    every command still works, and once there is room the next one finishes the move."""
+    import subprocess
+
+    from dicom_archive.archive.store import init_archive
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        root = mount / "archive"
+        with init_archive(root) as made:
+            list(import_paths(made, write_studies(tmp_path / "in", StudySpec(patients=2))))
+        rows_before = index_rows(root)
+        # An open reader keeps the index's -wal and -shm files, which SQLite needs.
+        holder = open_archive(root)
+        stats = os.statvfs(mount)
+        used = stats.f_files - stats.f_ffree
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={used}", str(mount)], check=True)
+        assert main(["delete", "-a", str(root), "--patient-id", "PAT00001", "--yes"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "stopped part-way (No space left on device)" in err
+        assert all((root / p).is_file() for p, _, _ in index_rows(root).values())
+        assert main(["check", "-a", str(root), "--verify-files"]) == 0
+        capsys.readouterr()
+        subprocess.run(["mount", "-o", "remount,nr_inodes=10000", str(mount)], check=True)
+        holder.close()
+        with open_archive(root) as reopened:
+            (entry,) = trash.entries(reopened)
+            assert entry.state == trash.TRASHED and entry.instances == 6
+            assert check_archive(reopened, verify_files=True).clean
+            trash.restore(reopened, entry.id)
+        assert index_rows(root) == rows_before
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
