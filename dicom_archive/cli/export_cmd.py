@@ -187,6 +187,7 @@ _DEID_FLAGS = (
     "retain_device_identity",
     "retain_institution_identity",
     "retain_uids",
+    "retain_safe_private",
 )
 
 
@@ -231,6 +232,12 @@ def _add_deidentify_options(parser: argparse.ArgumentParser) -> None:
         help="keep institution name and address (113112)",
     )
     group.add_argument("--retain-uids", action="store_true", help="keep the original UIDs (113110)")
+    group.add_argument(
+        "--retain-safe-private",
+        action="store_true",
+        help="keep the private attributes the file itself declares safe in its Private Data "
+        "Element Characteristics Sequence (113111)",
+    )
     group.add_argument(
         "--project",
         metavar="NAME",

@@ -590,3 +590,53 @@ def test_dciodvfy_finds_no_error_the_original_did_not_have(
         return {re.sub(r" = <[^>]*>", "", x) for x in lines if x.startswith("Error")}
 
     assert errors(path) <= errors(source), sorted(errors(path) - errors(source))
+
+
+def _with_private_blocks() -> Dataset:
+    """A SAFE block, a MIXED block (one element safe, one with an action of its own,
+    one undeclared) and an undescribed block, declared as PS3.3 C.12.1.1.7 says."""
+    ds = make_instance(PatientID="P-PRIV")
+    safe = ds.private_block(0x0019, "ACME SAFE", create=True)
+    safe.add_new(0x01, "DS", "1.5")
+    mixed = ds.private_block(0x0021, "ACME MIXED", create=True)
+    mixed.add_new(0x01, "DS", "2.5")  # declared non-identifying
+    mixed.add_new(0x02, "LO", "Müller^Jörg")  # identifying, action Z
+    mixed.add_new(0x03, "LO", "operator Tina")  # not declared: removed
+    ds.private_block(0x0023, "ACME UNKNOWN", create=True).add_new(0x01, "LO", "secret")
+    items = []
+    for group, creator, status in ((0x0019, "ACME SAFE", "SAFE"), (0x0021, "ACME MIXED", "MIXED")):
+        item = Dataset()
+        item.PrivateGroupReference = group
+        item.PrivateCreatorReference = creator
+        item.BlockIdentifyingInformationStatus = status
+        if status == "MIXED":
+            item.NonidentifyingPrivateElements = [0x01]
+            action = Dataset()
+            action.IdentifyingPrivateElements = [0x02]
+            action.DeidentificationAction = "Z"
+            item.DeidentificationActionSequence = Sequence([action])
+        items.append(item)
+    ds.PrivateDataElementCharacteristicsSequence = Sequence(items)
+    return ds
+
+
+def test_retain_safe_private_keeps_what_the_file_declares_safe(
+    archive: Archive, tmp_path: Path
+) -> None:
+    _import(archive, [write_dataset(_with_private_blocks(), tmp_path / "p.dcm")])
+    selector = Selector(patient_id="P-PRIV")
+    export_deidentified(archive, selector, tmp_path / "basic", DeidOptions())
+    basic = read(outputs(tmp_path / "basic")[0])
+    assert not [e.tag for e in basic if e.tag.is_private]
+    export_deidentified(archive, selector, tmp_path / "safe", DeidOptions(retain_safe_private=True))
+    kept = read(outputs(tmp_path / "safe")[0])
+    private = {(e.tag.group, e.tag.element): e.value for e in kept if e.tag.is_private}
+    assert private == {
+        (0x0019, 0x0010): "ACME SAFE",
+        (0x0019, 0x1001): 1.5,
+        (0x0021, 0x0010): "ACME MIXED",
+        (0x0021, 0x1001): 2.5,
+        (0x0021, 0x1002): "",  # Z, as the file asks
+    }
+    codes = [item.CodeValue for item in kept.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113111"]
