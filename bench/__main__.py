@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             shutil.rmtree(archive, ignore_errors=True)
             lifecycle.zip_memory(report, work)
-        if "deid" in wanted:
+        if "deid" in wanted:  # issue 11: de-identified export against the plain one
             deid_section(report, corpora["512x512"], work, reps)
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import os
+import struct
 import threading
 import warnings
 from collections import deque
@@ -375,13 +376,66 @@ def _deidentified(
         # pydicom warns about every odd value it meets; the archive accepted these
         # files and each one's outcome is reported, so its warnings are noise here.
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+        source = io.BytesIO(raw)
+        ds = pydicom.dcmread(source, force=True, stop_before_pixels=True)
+        pixels = source.tell()  # where Pixel Data's tag starts, if the file has one
+        if not _only_pixel_data_from(raw, pixels, ds):
+            # Something after Pixel Data, or an encoding walked here only by pydicom:
+            # the whole data set goes through the profile and pydicom's writer.
+            ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+            pixels = len(raw)
         if not ds.file_meta.get("TransferSyntaxUID"):  # a file without File Meta
             ds.file_meta.TransferSyntaxUID = _encoding_of(ds)
         result = deidentifier.apply(ds)
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue(), result, ds
+    # Pixel Data, last in the data set, is copied as it lies in the archived file:
+    # the same bytes, without pydicom reading and re-writing half a megabyte a file.
+    return buffer.getvalue() + raw[pixels:], result, ds
+
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+_ITEM = (0xFFFE, 0xE000)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+def _only_pixel_data_from(raw: bytes, start: int, ds: pydicom.Dataset) -> bool:
+    """Whether ``raw[start:]`` is exactly one Pixel Data element (native, or
+    encapsulated fragments up to their delimiter) in the data set's own encoding,
+    with nothing after it; also True when the file ends at ``start``."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if syntax in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"):
+        return False  # deflated: offsets into the file are not offsets into the data set
+    if start == len(raw):
+        return True
+    implicit, little = ds.original_encoding
+    order = "<" if little else ">"
+    try:
+        group, element = struct.unpack_from(order + "HH", raw, start)
+        if (group, element) not in _PIXEL_TAGS:
+            return False
+        if implicit:
+            (length,) = struct.unpack_from(order + "I", raw, start + 4)
+            position = start + 8
+        else:
+            vr = raw[start + 4 : start + 6]
+            if vr not in _LONG_VRS:
+                return False
+            (length,) = struct.unpack_from(order + "I", raw, start + 8)
+            position = start + 12
+        if length != 0xFFFFFFFF:
+            return bool(position + length == len(raw))
+        while True:  # encapsulated: items, then the sequence delimiter
+            group, element, length = struct.unpack_from(order + "HHI", raw, position)
+            position += 8
+            if (group, element) == _SEQUENCE_DELIMITER:
+                return position == len(raw)
+            if (group, element) != _ITEM or length == 0xFFFFFFFF:
+                return False
+            position += length
+    except struct.error:  # cut short: let pydicom decide what it is
+        return False
 
 
 def _encoding_of(ds: pydicom.Dataset) -> UID:

@@ -26,12 +26,14 @@ option, the action that replaces it. What this module decides, and why:
   a dummy value; keeping an SR's content is the Clean Structured Content option, which
   is not offered.
 - **Everything else not in the table is kept**, sequences are walked to any depth with the
-  same table, private attributes (odd groups) are removed, curves (50xx) removed, and
+  same table, private attributes (odd groups) are removed (Retain Safe Private keeps
+  those the file declares safe in (0008,0300)), curves (50xx) removed, and
   a whole overlay group (60xx) goes with its Overlay Data: what is left would describe
   a plane that is no longer there.
 - **Replacement values** are keyed hashes (see pseudonyms.py): UIDs ``2.25.N``, Patient
-  ID and Name ``ANON-XXXXXXXXXXXX`` per patient and project, a date offset per patient
-  and project. Pixel Data and everything else not touched are written back as read.
+  ID ``ANON-XXXXXXXXXXXX`` and Name ``ANON^XXXXXXXXXXXX`` per patient and project, a date
+  offset per patient and project. Pixel Data and everything else not touched are
+  written back as read.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ _OPTIONS = {
         "rtnInstIdOpt", "113112", "Retain Institution Identity Option"
     ),
     "retain_uids": _OptionSpec("rtnUIDsOpt", "113110", "Retain UIDs Option"),
+    "retain_safe_private": _OptionSpec("rtnSafePrivOpt", "113111", "Retain Safe Private Option"),
 }
 
 
@@ -107,6 +110,7 @@ class DeidOptions:
     retain_device_identity: bool = False
     retain_institution_identity: bool = False
     retain_uids: bool = False
+    retain_safe_private: bool = False
     project: str = "default"
 
     def columns(self) -> tuple[str, ...]:
@@ -389,7 +393,8 @@ class Deidentifier:
         return json.dumps(["", text(_PATIENT_NAME), text(_PATIENT_BIRTH_DATE)], ensure_ascii=False)
 
     def _stamp(self, ds: Dataset, pseudonym: str) -> None:
-        ds.PatientName = pseudonym
+        # ANON^CODE: a family and a given name (a PN without ^ is the retired form).
+        ds.PatientName = pseudonym.replace("-", "^", 1)
         ds.PatientID = pseudonym
         ds.PatientIdentityRemoved = "YES"
         names = [METHOD_NAME] + [meaning[:64] for _, meaning in self.options.method_codes()[1:]]
@@ -440,6 +445,7 @@ class _Walk:
             and tag & 0xFFFF == 0x3000
             and resolve_action(overlay_data, options, is_sequence=False) == "X"
         }
+        safe = _safe_private_blocks(ds) if top and options.retain_safe_private else {}
         for tag in tags:
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or group in drop_groups:
@@ -457,6 +463,8 @@ class _Walk:
                         elem.value = _dummy(elem.VR)
                 continue
             action = resolve_action(rule, options, is_sequence=vr == "SQ")
+            if rule is profile.private and action != "X":
+                action = _private_action(safe, ds, tag) if top else "X"
             if action == "X":
                 del ds[tag]
             elif not (top and tag in (_PATIENT_ID, _PATIENT_NAME)):
@@ -524,6 +532,67 @@ class _Walk:
             cleaned = [pattern.sub("**", str(v)) for v in values]
             elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
         # TM and the rest: kept (dates move by whole days, so times keep every interval)
+
+
+#: (private group, creator) -> its block's offsets kept as they are (None: the whole
+#: block is SAFE) and the offsets with an action of their own (D, Z, X or U).
+_SafeBlocks = dict[tuple[int, str], tuple[frozenset[int] | None, dict[int, str]]]
+
+
+def _safe_private_blocks(ds: Dataset) -> _SafeBlocks:
+    """What the instance's Private Data Element Characteristics Sequence (0008,0300)
+    says about its private blocks (PS3.3 C.12.1.1.7): the standard's own way for a
+    file to declare which private attributes are safe (PS3.15 E.3.10). Blocks it does
+    not describe, or calls UNSAFE without actions, are removed."""
+    blocks: _SafeBlocks = {}
+    for item in ds.get("PrivateDataElementCharacteristicsSequence", None) or []:
+        group = item.get("PrivateGroupReference")
+        creator = str(item.get("PrivateCreatorReference", "") or "").strip()
+        status = str(item.get("BlockIdentifyingInformationStatus", "") or "").upper()
+        if group is None or not creator:
+            continue
+        actions: dict[int, str] = {}
+        for action_item in item.get("DeidentificationActionSequence", None) or []:
+            code = str(action_item.get("DeidentificationAction", "") or "").upper()
+            for offset in _numbers(action_item.get("IdentifyingPrivateElements")):
+                if code in ("D", "Z", "X", "U"):
+                    actions[offset & 0xFF] = code
+        if status == "SAFE":
+            blocks[(int(group), creator)] = (None, actions)
+        elif status == "MIXED":
+            kept = frozenset(n & 0xFF for n in _numbers(item.get("NonidentifyingPrivateElements")))
+            blocks[(int(group), creator)] = (kept, actions)
+        elif actions:
+            blocks[(int(group), creator)] = (frozenset(), actions)
+    return blocks
+
+
+def _numbers(value: Any) -> list[int]:
+    if value is None or value == "":
+        return []
+    return [int(v) for v in value] if isinstance(value, MultiValue | list) else [int(value)]
+
+
+def _private_action(blocks: _SafeBlocks, ds: Dataset, tag: int) -> str:
+    """K, an action of the file's own, or X for a private element under Retain Safe
+    Private; a private creator stays while its block keeps anything."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if 0x0010 <= element <= 0x00FF:  # a private creator
+        creator = str(ds[tag].value or "").strip()
+        entry = blocks.get((group, creator))
+        keeps = entry is not None and (entry[0] is None or entry[0] or entry[1])
+        return "K" if keeps else "X"
+    creator_tag = (group << 16) | (element >> 8)
+    if element < 0x1000 or creator_tag not in ds:
+        return "X"
+    entry = blocks.get((group, str(ds[creator_tag].value or "").strip()))
+    if entry is None:
+        return "X"
+    kept, actions = entry
+    offset = element & 0xFF
+    if offset in actions:
+        return actions[offset]
+    return "K" if kept is None or offset in kept else "X"
 
 
 def _vr_of(tag: int) -> str:

@@ -48,10 +48,6 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.deidentify or _deidentify_options_given(args):
-        if args.zip is not None or args.dicomdir is not None:
-            raise UsageError("--deidentify writes into a folder: --output DIR")
-        if args.output is None:
-            raise UsageError("say where to: --output DIR")
         return _run_deidentified(args)
     media = run_media(args)
     if media is not None:
@@ -191,6 +187,7 @@ _DEID_FLAGS = (
     "retain_device_identity",
     "retain_institution_identity",
     "retain_uids",
+    "retain_safe_private",
 )
 
 
@@ -236,6 +233,12 @@ def _add_deidentify_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--retain-uids", action="store_true", help="keep the original UIDs (113110)")
     group.add_argument(
+        "--retain-safe-private",
+        action="store_true",
+        help="keep the private attributes the file itself declares safe in its Private Data "
+        "Element Characteristics Sequence (113111)",
+    )
+    group.add_argument(
         "--project",
         metavar="NAME",
         help="pseudonyms, UIDs and date offsets are stable per patient within a project "
@@ -258,10 +261,11 @@ def _deidentify_options_given(args: argparse.Namespace) -> bool:
 def _run_deidentified(args: argparse.Namespace) -> int:
     from dicom_archive.archive.deid_export import export_deidentified
     from dicom_archive.archive.deidentify import DeidOptions
-    from dicom_archive.errors import UsageError
 
     if not args.deidentify:
         raise UsageError("de-identification options need --deidentify")
+    if args.output is None or args.zip is not None or args.dicomdir is not None:
+        raise UsageError("--deidentify writes into a folder: --output DIR (not --zip, --dicomdir)")
     project = "default" if args.project is None else args.project
     if not project or len(project) > 64 or not project.isprintable():
         raise UsageError("--project: 1 to 64 printable characters")
@@ -316,7 +320,8 @@ def _run_deidentified(args: argparse.Namespace) -> int:
     failed = f", {len(report.errors)} errors" if report.errors else ""
     print(
         f"{report.written} files de-identified ({human_bytes(report.bytes_written)}){skipped}"
-        f"{failed} for {report.patients} patients, project {safe(project)!r}, "
+        f"{failed} for {report.patients} patient{'s' if report.patients != 1 else ''}, "
+        f"project {safe(project)!r}, "
         f"to {safe(args.output)} in {seconds:.1f} s"
     )
     return EXIT_PROBLEMS if report.errors else EXIT_OK

@@ -105,3 +105,28 @@ def test_a_killed_export_leaves_no_complete_looking_partial_file(tmp_path: Path)
     assert f"{len(visible)} already there" in finished.stdout
     # The killed run's hidden temporaries are gone too: nobody else would remove them.
     assert [p.name for p in out.rglob(".*")] == []
+
+
+def test_two_exports_at_once_agree(tmp_path: Path) -> None:
+    """Two processes de-identifying the same study at the same time (the first use of
+    the archive's secret included) write the same files and one consistent map."""
+    files = write_studies(tmp_path / "in", StudySpec(instances_per_series=30))
+    archive = _archive_with(tmp_path, *files)
+    command = [sys.executable, "-m", "dicom_archive", "export", "-a", str(archive),
+               "--patient-id", "PAT00000", "--deidentify", "-o"]  # fmt: skip
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    runs = [
+        subprocess.Popen([*command, str(tmp_path / name)], cwd=REPO, **pipes) for name in ("a", "b")
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in outputs(tmp_path / "a")}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in outputs(tmp_path / "b")}
+    assert len(a) == 60 and a == b
+    import sqlite3
+
+    with sqlite3.connect(archive / "deid" / "pseudonyms.db") as db:
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM pseudonyms GROUP BY kind").fetchall())
+    # 60 SOP + 2 series + 1 study + 1 frame of reference... UIDs; one patient.
+    assert kinds["patient"] == 1 and kinds["uid"] >= 63
