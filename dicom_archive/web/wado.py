@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +200,7 @@ def _parts_of(root: Path, plan: list[tuple[StoredFile, str]], boundary: str) -> 
     yield closing(boundary)
 
 
-def _retrieve_endpoint(level: Level):  # type: ignore[no-untyped-def]
+def _retrieve_endpoint(level: Level) -> Callable[[Request], Response]:
     def endpoint(request: Request) -> Response:
         return _retrieve(request, level)
 
