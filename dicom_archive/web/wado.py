@@ -363,7 +363,10 @@ def _swap(data: bytes, width: int) -> bytes:
 def frames(request: Request) -> Response:
     target, path = _instance_file(request)
     numbers = _frame_numbers(str(request.path_params["frames"]))
-    info = _pixel_info(target, path)
+    return _frames_response(request, _pixel_info(target, path), numbers)
+
+
+def _frames_response(request: Request, info: PixelInfo, numbers: list[int]) -> Response:
     missing = [n for n in numbers if n > info.frames]
     if missing:
         raise HTTPProblem(
@@ -403,8 +406,8 @@ def bulkdata(request: Request) -> Response:
     if tag == PIXEL_DATA:
         info = _pixel_info(target, path)
         if info.syntax not in _NATIVE:
-            request.path_params["frames"] = ",".join(str(n) for n in range(1, info.frames + 1))
-            return frames(request)
+            # Encapsulated: its bulk data is its frames, as multipart parts.
+            return _frames_response(request, info, list(range(1, info.frames + 1)))
         return _bulk_bytes(path, info.offset, info.length)
     from pydicom import dcmread
 
