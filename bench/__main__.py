@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import network, peers
+from bench import network, peers, web
 from bench.corpus import CorpusInfo, CorpusSpec, generate, patient_attributes
 from bench.daemon import daemon_section
 from bench.rendering import rendering_section
@@ -53,7 +53,7 @@ MODES = {
         "latency_files": 6000,
     },
 }
-SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "rendering")
+SECTIONS = ("import", "peers", "scale", "integrity", "daemon", "network", "web", "rendering")
 
 
 def _environment(mode: str) -> dict[str, object]:
@@ -256,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         if "network" in wanted:
             network.receive_section(report, corpora, int(config["peer_reps"]))  # type: ignore[call-overload]
             network.find_section(report, work, 100_000, int(config["query_reps"]))  # type: ignore[call-overload]
+        if "web" in wanted:
+            web.web_section(
+                report,
+                work,
+                corpora,
+                100_000,
+                reps,
+                int(config["query_reps"]),  # type: ignore[call-overload]
+            )
         if "rendering" in wanted:
             rendering_section(report, work, reps * 10)
         if "daemon" in wanted:

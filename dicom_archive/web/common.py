@@ -91,5 +91,22 @@ def problem_response(exc: Exception) -> Response:
 
 
 def base_url(request: Request) -> str:
-    """The URL of the DICOMweb root as the caller reached it (no trailing slash)."""
+    """The URL of the DICOMweb root (no trailing slash) for URLs in answers.
+
+    ``public_url`` when configured (behind a reverse proxy); else the Host header when
+    it names a port; else the address the connection reached. A Host without a port is
+    not trusted alone: dicomweb-client sends the bare host name even for port 8042."""
+    public: str = request.app.state.settings.public_url
+    if public:
+        return public.rstrip("/")
+    host = request.headers.get("host", "")
+    root_path = str(request.scope.get("root_path", "")).rstrip("/")
+    scheme = request.url.scheme
+    if host and (host.rsplit(":", 1)[-1].isdigit() and not host.endswith("]")):
+        return f"{scheme}://{host}{root_path}"
+    server = request.scope.get("server")
+    if server:
+        address, port = server[0], server[1]
+        address = f"[{address}]" if ":" in str(address) else address
+        return f"{scheme}://{address}:{port}{root_path}"
     return str(request.base_url).rstrip("/")

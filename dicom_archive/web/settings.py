@@ -48,6 +48,9 @@ class WebSettings:
     allow_unauthenticated: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_results: int = DEFAULT_MAX_RESULTS
+    #: The URL callers reach the server by, for URLs in answers (RetrieveURL,
+    #: BulkDataURI) when a reverse proxy stands in front, e.g. "https://pacs.example/dicomweb".
+    public_url: str = ""
 
     def summary(self) -> dict[str, Any]:
         """What is logged at start: never a token or a password."""
@@ -117,6 +120,7 @@ _KEYS = {
     "allow_unauthenticated",
     "max_upload_mb",
     "max_results",
+    "public_url",
 }
 
 
@@ -172,6 +176,11 @@ def parse_web_settings(
             if not isinstance(raw[name], str) or not raw[name]:
                 raise ConfigError(source, key(name), "expected a non-empty string")
             values[name] = raw[name]
+    if "public_url" in raw:
+        url = raw["public_url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(source, key("public_url"), 'expected "http://..." or "https://..."')
+        values["public_url"] = url
     if "token_file" in raw:
         path = Path(str(raw["token_file"])).expanduser()
         try:

@@ -40,6 +40,7 @@ from dicom_archive.web.multipart import (
     parse_media_type,
     read_parts,
 )
+from dicom_archive.web.wado import PREAMBLE, lacks_preamble
 
 #: PS3.18 Table 10.5.3-3 / PS3.4 failure reasons.
 OUT_OF_RESOURCES = 0xA700
@@ -63,15 +64,35 @@ class _Part:
 
 
 class _SpoolSink(PartSink):
+    """Writes a part to its spool file. A part that starts with its File Meta
+    Information but no preamble (dicomweb-client sends them so) is stored with the
+    128-byte preamble and ``DICM`` that make it a Part 10 file."""
+
     def __init__(self, part: _Part) -> None:
         self.part = part
+        self._head = b""
+        self._started = False
 
     def write(self, data: bytes) -> None:
+        if not self._started:
+            self._head += data
+            if len(self._head) < 132:
+                return
+            data, self._head = self._start(self._head), b""
         if self.part.handle is not None:
             self.part.handle.write(data)
         self.part.size += len(data)
 
+    def _start(self, head: bytes) -> bytes:
+        self._started = True
+        return PREAMBLE + head if lacks_preamble(head) else head
+
     def close(self) -> None:
+        if not self._started and self._head:
+            head, self._head = self._start(self._head), b""
+            if self.part.handle is not None:
+                self.part.handle.write(head)
+            self.part.size += len(head)
         if self.part.handle is not None:
             self.part.handle.close()
             self.part.handle = None

@@ -35,7 +35,7 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _TRANSCODE_FROM = {IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE}
 _TRANSCODE_TO = {IMPLICIT_LE, EXPLICIT_LE}
 _NATIVE = {IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE}
-CHUNK = 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 
 #: PS3.18 Table 8.7.3-2: the media type of a frame in each encapsulated syntax.
 FRAME_MEDIA_TYPES = {
@@ -136,7 +136,10 @@ def _retrieve(request: Request, level: Level) -> Response:
         # As stored: the length is known up front, so no chunked encoding.
         try:
             total = sum(
-                len(_dicom_part(boundary, s)) + os.stat(root / t.file_path).st_size + 2
+                len(_dicom_part(boundary, s))
+                + os.stat(root / t.file_path).st_size
+                + len(_preamble_for(root / t.file_path))
+                + 2
                 for t, s in plan
             ) + len(closing(boundary))
             headers["Content-Length"] = str(total)
@@ -146,11 +149,40 @@ def _retrieve(request: Request, level: Level) -> Response:
     return StreamingResponse(_stream_files(root, plan, boundary), 200, headers, media)
 
 
+#: PS3.10 7.1: what a Part 10 file starts with. Files stored without it (accepted from
+#: the wild, meta first) are sent with it, as PS3.18 asks for Part 10 files.
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+def lacks_preamble(head: bytes) -> bool:
+    return head[128:132] != b"DICM" and head[:2] == b"\x02\x00"
+
+
+def _preamble_for(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return PREAMBLE if lacks_preamble(handle.read(132)) else b""
+
+
 def _dicom_part(boundary: str, syntax: str) -> bytes:
     return part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
 
 
 def _stream_files(root: Path, plan: list[tuple[StoredFile, str]], boundary: str) -> Iterator[bytes]:
+    """The multipart body in pieces of about ``CHUNK``: each piece costs a hop between
+    threads and a trip through the server, so small files go several to a piece."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in _parts_of(root, plan, boundary):
+        pending.append(piece)
+        size += len(piece)
+        if size >= CHUNK:
+            yield b"".join(pending) if len(pending) > 1 else pending[0]
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _parts_of(root: Path, plan: list[tuple[StoredFile, str]], boundary: str) -> Iterator[bytes]:
     for target, syntax in plan:
         yield _dicom_part(boundary, syntax)
         path = root / target.file_path
@@ -158,6 +190,10 @@ def _stream_files(root: Path, plan: list[tuple[StoredFile, str]], boundary: str)
             yield _transcoded(path, syntax)
         else:
             with open(path, "rb") as handle:
+                first = handle.read(CHUNK)
+                if lacks_preamble(first):
+                    yield PREAMBLE
+                yield first
                 while chunk := handle.read(CHUNK):
                     yield chunk
         yield b"\r\n"

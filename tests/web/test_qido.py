@@ -185,12 +185,14 @@ def test_unsupported_attribute_is_a_warning(served: Served) -> None:
 def test_uids_in_the_path_are_checked(served: Served) -> None:
     """Path traversal, encoded slashes and non-UIDs never reach the index or the disk."""
     for path in (
-        "/studies/..%2F..%2Fetc/series",
+        "/studies/..%5C..%5Cetc/series",
         "/studies/1.2.3abc/series",
         "/studies/%00/series",
     ):
         status, _, body = _curl(served.url + path, "--path-as-is")
         assert status == 400, path
         assert "not a valid UID" in body
-    status, _, _ = _curl(served.url + "/studies/../../etc/passwd", "--path-as-is")
-    assert status in (400, 404)
+    # An encoded slash is decoded by the server into a path no route matches.
+    for path in ("/studies/..%2F..%2Fetc/series", "/studies/../../etc/passwd"):
+        status, _, body = _curl(served.url + path, "--path-as-is")
+        assert status == 404 and "root:" not in body
