@@ -40,6 +40,9 @@ from dicom_archive.web.rendering import (
 log = get_logger(__name__)
 
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+#: Browsers keep pictures a while (the study list shows 50 thumbnails a page).
+_INSTANCE_CACHE = "private, max-age=3600"
+_GROUP_CACHE = "private, max-age=60"
 
 
 class NotAcceptable(ArchiveError):
@@ -170,7 +173,7 @@ async def instance_rendered(request: Request) -> Response:
         )
     except ArchiveError as exc:
         return _error(exc)
-    return Response(body, media_type=media_type)
+    return Response(body, media_type=media_type, headers={"Cache-Control": _INSTANCE_CACHE})
 
 
 def _render(
@@ -204,7 +207,10 @@ async def thumbnail(request: Request) -> Response:
         return _error(exc)
     if body is None:
         return _not_found(_what(p))
-    return Response(body, media_type=media_type)
+    # A study's or series' picture changes as instances arrive; an instance's never
+    # does (archived bytes are never overwritten).
+    cache = _INSTANCE_CACHE if "instance" in p else _GROUP_CACHE
+    return Response(body, media_type=media_type, headers={"Cache-Control": cache})
 
 
 def _what(params: dict[str, Any]) -> str:

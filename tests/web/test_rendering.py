@@ -324,6 +324,13 @@ def get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
         return exc.code, exc.headers["Content-Type"], exc.read()
 
 
+def cache_control(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.headers["Cache-Control"])
+
+
 def instance_url(base: str, uids: tuple[str, str, str]) -> str:
     study, series, sop = uids
     return f"{base}/studies/{study}/series/{series}/instances/{sop}"
@@ -385,6 +392,8 @@ def test_frames_rendered_and_thumbnails(served: tuple[str, dict[str, Any]]) -> N
     ):
         status, kind, body = get(thumb)
         assert (status, kind) == (200, "image/jpeg"), thumb
+        age = "3600" if "/instances/" in thumb else "60"
+        assert cache_control(thumb) == f"private, max-age={age}"
         assert max(Image.open(io.BytesIO(body)).size) == 128
 
 
