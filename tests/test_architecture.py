@@ -30,11 +30,15 @@ def _offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
 
 def test_archive_imports_neither_daemon_nor_cli() -> None:
     faces = ("dicom_archive.daemon", "dicom_archive.cli", "dicom_archive.network")
-    assert _offenders("archive", faces) == {}
+    assert _offenders("archive", (*faces, "dicom_archive.web")) == {}
 
 
 def test_the_network_face_uses_the_archive_and_never_the_daemon_or_cli() -> None:
     assert _offenders("network", ("dicom_archive.daemon", "dicom_archive.cli")) == {}
+
+
+def test_the_web_face_uses_the_archive_and_never_the_daemon_or_cli() -> None:
+    assert _offenders("web", ("dicom_archive.daemon", "dicom_archive.cli")) == {}
 
 
 def test_archive_never_prints() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ async def stow(request: Request) -> Response:
         parts.append(part)
         return _SpoolSink(part)
 
+    started = time.perf_counter()
     try:
         try:
             await read_parts(request.stream(), boundary, new_sink, max_bytes=limit)
@@ -144,7 +146,16 @@ async def stow(request: Request) -> Response:
             raise HTTPProblem(400, "the client went away before the body ended") from None
         if not parts:
             raise HTTPProblem(400, "the multipart body has no parts")
-        return await run_in_threadpool(_store, request, parts, study)
+        received = time.perf_counter()
+        response = await run_in_threadpool(_store, request, parts, study)
+        log.info(
+            "stow",
+            parts=len(parts),
+            bytes=sum(p.size for p in parts),
+            receive_ms=round((received - started) * 1000, 1),
+            store_ms=round((time.perf_counter() - received) * 1000, 1),
+        )
+        return response
     finally:
         for part in parts:
             if part.handle is not None:

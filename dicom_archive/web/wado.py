@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +200,7 @@ def _parts_of(root: Path, plan: list[tuple[StoredFile, str]], boundary: str) -> 
     yield closing(boundary)
 
 
-def _retrieve_endpoint(level: Level):  # type: ignore[no-untyped-def]
+def _retrieve_endpoint(level: Level) -> Callable[[Request], Response]:
     def endpoint(request: Request) -> Response:
         return _retrieve(request, level)
 
@@ -363,7 +363,10 @@ def _swap(data: bytes, width: int) -> bytes:
 def frames(request: Request) -> Response:
     target, path = _instance_file(request)
     numbers = _frame_numbers(str(request.path_params["frames"]))
-    info = _pixel_info(target, path)
+    return _frames_response(request, _pixel_info(target, path), numbers)
+
+
+def _frames_response(request: Request, info: PixelInfo, numbers: list[int]) -> Response:
     missing = [n for n in numbers if n > info.frames]
     if missing:
         raise HTTPProblem(
@@ -403,8 +406,8 @@ def bulkdata(request: Request) -> Response:
     if tag == PIXEL_DATA:
         info = _pixel_info(target, path)
         if info.syntax not in _NATIVE:
-            request.path_params["frames"] = ",".join(str(n) for n in range(1, info.frames + 1))
-            return frames(request)
+            # Encapsulated: its bulk data is its frames, as multipart parts.
+            return _frames_response(request, info, list(range(1, info.frames + 1)))
         return _bulk_bytes(path, info.offset, info.length)
     from pydicom import dcmread
 

@@ -13,6 +13,8 @@ UNIT = Path(__file__).parents[2] / "systemd" / "dicom-archive.service"
 #: systemd-analyze security's 0-100 scale (exposure x 10): 2.0 is well inside "OK".
 THRESHOLD = 20
 NETWORK_DROP_IN = UNIT.parent / "dicom-archive.service.d" / "dicom-network.conf"
+#: The DICOMweb face's drop-in ([web]): the same opening, checked the same way.
+WEB_DROP_IN = UNIT.parent / "dicom-archive.service.d" / "dicom-web.conf"
 #: With the network drop-in the service may use sockets, still behind IPAddressDeny,
 #: and keeps the same bar (1.4 "OK" today, against 0.6 without it).
 NETWORK_THRESHOLD = THRESHOLD
@@ -51,10 +53,10 @@ def test_unit_security_exposure_is_under_the_threshold(unit: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
 
 
-@pytest.fixture
-def networked_unit(unit: Path) -> Path:
-    """The unit as systemd sees it with the DICOM drop-in: its [Service] lines appended."""
-    drop_in = NETWORK_DROP_IN.read_text().split("[Service]", 1)[1]
+@pytest.fixture(params=[NETWORK_DROP_IN, WEB_DROP_IN], ids=["dicom", "web"])
+def networked_unit(unit: Path, request: pytest.FixtureRequest) -> Path:
+    """The unit as systemd sees it with a network drop-in: its [Service] lines appended."""
+    drop_in = request.param.read_text().split("[Service]", 1)[1]
     text = unit.read_text().replace("[Install]", drop_in.strip() + "\n\n[Install]")
     unit.write_text(text)
     return unit

@@ -311,3 +311,16 @@ def test_wado_uri(served: Served) -> None:
         f"{served.url}/wado?requestType=WADO&studyUID=../x&seriesUID=1&objectUID=1", timeout=30
     )
     assert bad.status_code == 400 and "not a valid UID" in bad.text
+
+
+def test_bulk_data_of_encapsulated_pixels_is_its_frames(served: Served) -> None:
+    study, series, sop, path = _find(served.root, "1.2.840.10008.1.2.5")
+    ds = pydicom.dcmread(path)
+    item = served.client().retrieve_instance_metadata(study, series, sop)
+    response = requests.get(
+        item["7FE00010"]["BulkDataURI"],
+        headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"},
+        timeout=30,
+    )
+    frames = [data for _, data in _parts(response)]
+    assert frames == list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
