@@ -10,6 +10,7 @@ that has pixels to show.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from dicom_archive.logs import get_logger
 from dicom_archive.web import lookup
 from dicom_archive.web.rendering import (
     JPEG,
+    MAX_VIEWPORT,
     MEDIA_TYPES,
     FrameNotFound,
     NotRenderable,
@@ -38,6 +40,9 @@ from dicom_archive.web.rendering import (
 log = get_logger(__name__)
 
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+#: Browsers keep pictures a while (the study list shows 50 thumbnails a page).
+_INSTANCE_CACHE = "private, max-age=3600"
+_GROUP_CACHE = "private, max-age=60"
 
 
 class NotAcceptable(ArchiveError):
@@ -94,17 +99,57 @@ def _frame_number(text: str) -> int:
     return int(text)
 
 
-def _error(exc: ArchiveError) -> Response:
-    status = 400
+def error_status(exc: ArchiveError) -> int:
     if isinstance(exc, NotAcceptable):
-        status = 406
-    elif isinstance(exc, FrameNotFound):
-        status = 404
-    elif isinstance(exc, NotRenderable):
+        return 406
+    if isinstance(exc, FrameNotFound):
+        return 404
+    if isinstance(exc, NotRenderable):
         # The resource exists but has no picture we can make (PS3.18: rendering not
         # supported for it): a client error for this resource, not a server fault.
-        status = 422
-    return PlainTextResponse(str(exc) + "\n", status_code=status)
+        return 422
+    return 400
+
+
+def _error(exc: ArchiveError) -> Response:
+    return PlainTextResponse(str(exc) + "\n", status_code=error_status(exc))
+
+
+def render_for_wado_uri(
+    path: Path, query: Mapping[str, str], content_types: Sequence[str]
+) -> tuple[bytes, str]:
+    """A WADO-URI rendered answer (PS3.18 9.3.2): ``contentType`` image/jpeg or
+    image/png, ``frameNumber``, ``rows``/``columns`` (the output fits in them, aspect
+    kept), ``windowCenter`` with ``windowWidth``, ``imageQuality``. Raises ArchiveError
+    (``error_status`` gives its HTTP status)."""
+    media_type = next((t for t in content_types if t in MEDIA_TYPES), None)
+    if media_type is None:
+        raise NotAcceptable(
+            f"contentType {', '.join(content_types)[:100]}: rendered as "
+            f"{' or '.join(MEDIA_TYPES)} only"
+        )
+    frame = _frame_number(query.get("frameNumber", "1"))
+    viewport = None
+    if "rows" in query or "columns" in query:
+        rows = _positive(query.get("rows", str(MAX_VIEWPORT)), "rows")
+        columns = _positive(query.get("columns", str(MAX_VIEWPORT)), "columns")
+        viewport = Viewport(columns, rows)
+    window = None
+    if "windowCenter" in query or "windowWidth" in query:
+        if "windowCenter" not in query or "windowWidth" not in query:
+            raise UsageError("windowCenter and windowWidth go together")
+        window = parse_window(f"{query['windowCenter']},{query['windowWidth']}")
+    quality = parse_quality(query["imageQuality"]) if "imageQuality" in query else 90
+    body = render_frame(
+        path, frame=frame, media_type=media_type, viewport=viewport, window=window, quality=quality
+    )
+    return body, media_type
+
+
+def _positive(text: str, name: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= MAX_VIEWPORT:
+        raise UsageError(f"{name}={text[:20]!r}: use a whole number from 1 to {MAX_VIEWPORT}")
+    return int(text)
 
 
 def _not_found(what: str) -> Response:
@@ -128,7 +173,7 @@ async def instance_rendered(request: Request) -> Response:
         )
     except ArchiveError as exc:
         return _error(exc)
-    return Response(body, media_type=media_type)
+    return Response(body, media_type=media_type, headers={"Cache-Control": _INSTANCE_CACHE})
 
 
 def _render(
@@ -162,7 +207,10 @@ async def thumbnail(request: Request) -> Response:
         return _error(exc)
     if body is None:
         return _not_found(_what(p))
-    return Response(body, media_type=media_type)
+    # A study's or series' picture changes as instances arrive; an instance's never
+    # does (archived bytes are never overwritten).
+    cache = _INSTANCE_CACHE if "instance" in p else _GROUP_CACHE
+    return Response(body, media_type=media_type, headers={"Cache-Control": cache})
 
 
 def _what(params: dict[str, Any]) -> str:

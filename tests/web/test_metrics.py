@@ -96,7 +96,8 @@ def test_metrics_match_the_archive_after_real_imports(
             # the daemon records counts per batch and the listener at its heartbeat (5 s)
             done = value(samples, "dicom_archive_daemon_files_total", outcome="conflict") == 1
             received = value(samples, "dicom_archive_dicom_received_instances_total") == 4
-            return samples if done and received else None
+            idle = value(samples, "dicom_archive_daemon_queue_depth") == 0
+            return samples if done and received and idle else None
 
         samples = wait_until(settled, 30, "counts and listener state recorded")
         with daemon.db() as db:
@@ -197,9 +198,9 @@ def test_the_daemons_own_web_server_and_a_separate_one_agree(tmp_path: Path) -> 
         def recorded() -> dict | None:
             samples = scrape(inside)
             done = value(samples, "dicom_archive_daemon_files_total", outcome="rejected") == 1
-            return (
-                samples if done and value(samples, "dicom_archive_index_instances") == 3 else None
-            )
+            idle = value(samples, "dicom_archive_daemon_queue_depth") == 0  # heartbeat: 5 s
+            ready = done and idle and value(samples, "dicom_archive_index_instances") == 3
+            return samples if ready else None
 
         wait_until(recorded, 30, "the daemon's counts")
         with serve(daemon.archive) as outside:

@@ -324,6 +324,13 @@ def get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
         return exc.code, exc.headers["Content-Type"], exc.read()
 
 
+def cache_control(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.headers["Cache-Control"])
+
+
 def instance_url(base: str, uids: tuple[str, str, str]) -> str:
     study, series, sop = uids
     return f"{base}/studies/{study}/series/{series}/instances/{sop}"
@@ -385,6 +392,8 @@ def test_frames_rendered_and_thumbnails(served: tuple[str, dict[str, Any]]) -> N
     ):
         status, kind, body = get(thumb)
         assert (status, kind) == (200, "image/jpeg"), thumb
+        age = "3600" if "/instances/" in thumb else "60"
+        assert cache_control(thumb) == f"private, max-age={age}"
         assert max(Image.open(io.BytesIO(body)).size) == 128
 
 
@@ -469,3 +478,66 @@ def test_enhanced_multiframe_takes_each_frames_window_and_the_shared_rescale(
     for frame, (center, width) in ((1, (0, 2000)), (2, (1000, 500))):
         expected = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255
         assert_close(frame_pixels(path, frame=frame), np.rint(expected))
+
+
+def test_wado_uri_renders_with_its_own_parameters(tmp_path: Path) -> None:
+    """WADO-URI (PS3.18 9) through ``dicom-archive web``: image/jpeg by default,
+    image/png, frameNumber, rows/columns, windowCenter/windowWidth, imageQuality."""
+    import socket
+    import sys
+    import time
+
+    from dicom_archive.archive.importer import import_paths
+    from dicom_archive.archive.store import init_archive
+
+    root = tmp_path / "archive"
+    names = ["CT_small.dcm", "examples_ybr_color.dcm"]
+    with init_archive(root) as archive:
+        assert all(
+            o.outcome.value == "imported" for o in import_paths(archive, map(pydicom_file, names))
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    web = subprocess.Popen(
+        [sys.executable, "-m", "dicom_archive", "web", "-a", str(root), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def url(name: str, extra: str = "") -> str:
+            ds = pydicom.dcmread(pydicom_file(name), stop_before_pixels=True)
+            return (
+                f"http://127.0.0.1:{port}/wado?requestType=WADO&studyUID={ds.StudyInstanceUID}"
+                f"&seriesUID={ds.SeriesInstanceUID}&objectUID={ds.SOPInstanceUID}{extra}"
+            )
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                get(url("CT_small.dcm"))
+                break
+            except OSError:  # not listening yet
+                assert web.poll() is None
+                time.sleep(0.2)
+        status, kind, body = get(url("CT_small.dcm"))
+        assert (status, kind) == (200, "image/jpeg")
+        status, kind, body = get(
+            url("CT_small.dcm", "&contentType=image/png&windowCenter=0&windowWidth=400")
+        )
+        assert (status, kind) == (200, "image/png")
+        expected = frame_pixels(pydicom_file("CT_small.dcm"), window=Window(0, 400))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), expected)
+        status, _, body = get(
+            url("examples_ybr_color.dcm", "&contentType=image/png&frameNumber=7&columns=160")
+        )
+        assert status == 200 and Image.open(io.BytesIO(body)).size == (160, 120)
+        small = get(url("CT_small.dcm", "&imageQuality=5"))[2]
+        assert len(small) < len(get(url("CT_small.dcm", "&imageQuality=100"))[2])
+        assert get(url("examples_ybr_color.dcm", "&frameNumber=31"))[0] == 404
+        assert get(url("CT_small.dcm", "&windowCenter=40"))[0] == 400
+        assert get(url("CT_small.dcm", "&rows=0"))[0] == 400
+        assert get(url("CT_small.dcm", "&contentType=image/gif"))[0] == 406
+    finally:
+        web.terminate()
+        web.wait(10)

@@ -291,7 +291,9 @@ def test_wado_uri(served: Served) -> None:
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/dicom"
     assert response.content == path.read_bytes()
-    assert requests.get(base, timeout=30).status_code == 406  # image/jpeg: not rendered here
+    rendered = requests.get(base, timeout=30)  # image/jpeg, the default: rendered (web-ui)
+    assert rendered.status_code == 200 and rendered.headers["Content-Type"] == "image/jpeg"
+    assert requests.get(base + "&contentType=image/gif", timeout=30).status_code == 406
     implicit = requests.get(
         base + "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2", timeout=30
     )
