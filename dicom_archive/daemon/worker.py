@@ -57,6 +57,8 @@ log = get_logger("dicom_archive.daemon.worker")
 _INCOMPLETE = ("truncated", "empty file")
 #: Kept so a FIFO found on every rescan is reported once, in bounded memory.
 _NOTED_LIMIT = 10_000
+#: How often a long stream of imports records its counts for `status`.
+RECORD_INTERVAL_S = 1.0
 #: Recent problems kept in the index for `status`.
 ERRORS_KEPT = 200
 #: Past this size the worker resets the WAL itself. Readers whose transactions follow
@@ -143,6 +145,7 @@ class Worker(threading.Thread):
                     return
 
         handed = 0
+        recorded_at = time.monotonic()
         try:
             with contextlib.closing(importer.import_files(ready())) as outcomes:
                 for outcome in outcomes:
@@ -150,8 +153,13 @@ class Worker(threading.Thread):
                     self._handoff.put(_Handoff(job, signature, outcome, config))
                     handed += 1
                     if handed % config.batch_size == 0:
-                        self.last_progress = time.monotonic()
-                        self._record(index)
+                        self.last_progress = now = time.monotonic()
+                        # The counts for `status` are one more synced transaction: at
+                        # most once a second within a stream, not after every batch
+                        # (the stream's end records them at once).
+                        if now - recorded_at >= RECORD_INTERVAL_S:
+                            recorded_at = now
+                            self._record(index)
                         self._limit_wal(index)
         except Exception:
             # The stream broke (a bug, not a file's outcome): what is left goes through
