@@ -27,6 +27,7 @@ from dicom_archive.errors import ArchiveError, NotAnArchive
 from dicom_archive.network.storing import StoreCommitter
 from dicom_archive.web.browser import browser_routes
 from dicom_archive.web.common import ArchiveAccess, HTTPProblem, log, problem_response
+from dicom_archive.web.download import download_routes
 from dicom_archive.web.metadata import MetadataCache
 from dicom_archive.web.metrics import metrics_routes
 from dicom_archive.web.qido import qido_routes
@@ -37,6 +38,7 @@ from dicom_archive.web.wado import wado_routes
 from dicom_archive.web.wadouri import wado_uri_routes
 
 ROUTE_GROUPS: list[Callable[[], list[BaseRoute]]] = [
+    download_routes,
     qido_routes,
     wado_routes,
     stow_routes,
