@@ -395,11 +395,13 @@ async def study(request: Request) -> Response:
         '<section class="status"><dl>'
         + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts)
         + "</dl></section>"
-        f'<p><a id="download" href="{e(download)}">Download the study</a> '
-        "<span class=muted>(WADO-RS, multipart/related of the stored files; with curl: "
+        f'<p><a id="download-zip" href="/studies/{u(s.study_instance_uid)}/archive.zip">'
+        "Download the study as ZIP</a> "
+        f'or <a id="download" href="{e(download)}">as WADO-RS</a> '
+        "<span class=muted>(multipart/related of the stored files; with curl: "
         f"<code>curl -H 'Accept: {e(DOWNLOAD_ACCEPT)}' "
-        f"{e(str(request.base_url).rstrip('/'))}/studies/{e(s.study_instance_uid)}</code>. "
-        "A ZIP download comes with export's ZIP support, issue 11.)</span></p>"
+        f"{e(str(request.base_url).rstrip('/'))}/studies/{e(s.study_instance_uid)}</code>)"
+        "</span></p>"
         '<table id="series"><thead><tr><th></th><th>Number</th><th>Modality</th>'
         "<th>Description</th><th>Body part</th><th>Instances</th><th>Size</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"

@@ -159,7 +159,7 @@ def test_study_and_series_pages(site: tuple[str, dict[str, str]]) -> None:
     assert download == [
         f"/studies/{study}?accept=multipart%2Frelated%3B+type%3D%22application%2Fdicom%22"
     ]
-    assert "issue 11" in page.all_text
+    assert f"/studies/{study}/archive.zip" in [h for _, h in page.links]
     status, text = fetch(f"{base}/browse/studies/{study}/series/{uids['series0']}")
     assert status == 200
     series = Page(text)
