@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_archive.archive.export import Selector
 from dicom_archive.archive.faults import crash_point
 from dicom_archive.archive.fsutil import make_dirs_durable, move_no_replace, syncfs
 from dicom_archive.archive.index import SHOWN_STUDY_DATE, Index, NewInstance, now_iso
@@ -78,34 +79,17 @@ class Protected(ArchiveError):
     """The selection holds a protected study or patient."""
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """What to delete: exactly one of study, series or patient (exact values)."""
+#: What to delete: exactly one of study, series or patient (exact values), as export
+#: selects them.
+Selection = Selector
 
-    study_uid: str | None = None
-    series_uid: str | None = None
-    patient_id: str | None = None
 
-    def __post_init__(self) -> None:
-        chosen = [v for v in (self.study_uid, self.series_uid, self.patient_id) if v is not None]
-        if len(chosen) != 1:
-            from dicom_archive.errors import UsageError
-
-            raise UsageError("choose exactly one of --study-uid, --series-uid, --patient-id")
-
-    def describe(self) -> str:
-        if self.study_uid is not None:
-            return f"study {self.study_uid}"
-        if self.series_uid is not None:
-            return f"series {self.series_uid}"
-        return f"patient {self.patient_id}"
-
-    def where(self) -> tuple[str, tuple[str, ...]]:
-        if self.study_uid is not None:
-            return "st.study_instance_uid = ?", (self.study_uid,)
-        if self.series_uid is not None:
-            return "se.series_instance_uid = ?", (self.series_uid,)
-        return "p.patient_id = ?", (self.patient_id or "",)
+def _where(selection: Selection) -> tuple[str, tuple[str, ...]]:
+    if selection.study_uid is not None:
+        return "st.study_instance_uid = ?", (selection.study_uid,)
+    if selection.series_uid is not None:
+        return "se.series_instance_uid = ?", (selection.series_uid,)
+    return "p.patient_id = ?", (selection.patient_id or "",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +218,7 @@ def delete(
     """Move the selected instances to the trash; raises when nothing matches or when
     the selection holds a protected study or patient."""
     started = time.perf_counter()
-    where, params = selection.where()
+    where, params = _where(selection)
     made = trash_where(archive, where, params, selection.describe(), reason=reason, origin=origin)
     refresh_snapshot(archive, time.perf_counter() - started)
     from dicom_archive.archive.audit import DELETE, append_audit
@@ -261,7 +245,7 @@ class Preview:
 
 
 def preview(archive: Archive, selection: Selection) -> Preview:
-    where, params = selection.where()
+    where, params = _where(selection)
     connection = archive.index.connection
     studies = connection.execute(
         "SELECT p.patient_id, p.patient_name, st.study_instance_uid, "
