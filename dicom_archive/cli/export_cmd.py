@@ -57,25 +57,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     selector = Selector(args.study_uid, args.series_uid, args.patient_id)
     with open_from_args(args) as archive:
-        progress = ProgressBar(0, "exporting")
-
-        def on_selected(total: int) -> None:
-            nonlocal progress
-            progress = ProgressBar(total, "exporting")
-
-        def on_file(item: ExportItem, status: str) -> None:
-            progress.advance()
-            if args.verbose:
-                progress.close()
-                print(safe(f"{status:9}  {item.file_path}"))
+        progress = _FileProgress("exporting", args.verbose)
 
         report = export_instances(
             archive,
             selector,
             args.output,
             flatten=args.flatten,
-            on_selected=on_selected,
-            on_file=on_file,
+            on_selected=progress.selected,
+            on_file=progress.file,
         )
         progress.close()
     for error in report.errors:
@@ -88,6 +78,27 @@ def run(args: argparse.Namespace) -> int:
         f"to {safe(args.output)} in {seconds:.1f} s"
     )
     return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+class _FileProgress:
+    """The progress bar of a folder export, and with --verbose one line per file."""
+
+    def __init__(self, label: str, verbose: bool) -> None:
+        self.label = label
+        self.verbose = verbose
+        self.bar = ProgressBar(0, label)
+
+    def selected(self, total: int) -> None:
+        self.bar = ProgressBar(total, self.label)
+
+    def file(self, item: ExportItem, status: str) -> None:
+        self.bar.advance()
+        if self.verbose:
+            self.bar.close()
+            print(safe(f"{status:9}  {item.file_path}"))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # -- issue 11 (lifecycle): ZIP file and DICOMDIR media -----------------------------
@@ -277,17 +288,7 @@ def _run_deidentified(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     selector = Selector(args.study_uid, args.series_uid, args.patient_id)
     with open_from_args(args) as archive:
-        progress = ProgressBar(0, "de-identifying")
-
-        def on_selected(total: int) -> None:
-            nonlocal progress
-            progress = ProgressBar(total, "de-identifying")
-
-        def on_file(item: ExportItem, status: str) -> None:
-            progress.advance()
-            if args.verbose:
-                progress.close()
-                print(safe(f"{status:9}  {item.file_path}"))
+        progress = _FileProgress("de-identifying", args.verbose)
 
         report = export_deidentified(
             archive,
@@ -296,8 +297,8 @@ def _run_deidentified(args: argparse.Namespace) -> int:
             options,
             flatten=args.flatten,
             reason=args.reason,
-            on_selected=on_selected,
-            on_file=on_file,
+            on_selected=progress.selected,
+            on_file=progress.file,
         )
         progress.close()
     for error in report.errors:
