@@ -165,6 +165,31 @@ def _resolve(vr: str, tag: int, out: dict[str, Any]) -> str | None:
     return None
 
 
+def _charset(data: bytes, start: int, implicit: bool, little: bool) -> list[str]:
+    """The values of Specific Character Set (0008,0005), read before the data set is:
+    the text after it depends on them."""
+    head = data[start : start + 12]
+    if little and len(head) >= 8 and head[:4] == b"\x08\x00\x05\x00":
+        # Where it nearly always is: the first element.
+        if implicit:
+            (length,) = struct.unpack_from("<I", head, 4)
+            at = start + 8
+        else:
+            (length,) = struct.unpack_from("<H", head, 6)
+            at = start + 8
+        value = data[at : at + length]
+        return [v.strip() for v in value.decode("latin_1").split("\\")] if value else []
+    values: list[str] = []
+    probe = io.BytesIO(data)
+    probe.seek(start)
+    for elem in data_element_generator(
+        probe, implicit, little, stop_when=lambda tag, vr, length: tag > 0x00080005
+    ):
+        if elem.tag == 0x00080005 and isinstance(elem, RawDataElement) and elem.value:
+            values = [v.strip() for v in elem.value.decode("latin_1").split("\\")]
+    return values
+
+
 def fast_instance_json(
     fp: BinaryIO,
     bulk: Callable[[int, str], dict[str, Any] | None],
@@ -184,20 +209,16 @@ def fast_instance_json(
     if syntax == _DEFLATED:
         return None
     implicit, little = syntax == _IMPLICIT, syntax != _BIG_ENDIAN
-    charset_values: list[str] = []
-    probe = io.BytesIO(data)
-    probe.seek(start)
-    for elem in data_element_generator(
-        probe, implicit, little, stop_when=lambda tag, vr, length: tag > 0x00080005
-    ):
-        if elem.tag == 0x00080005 and isinstance(elem, RawDataElement) and elem.value:
-            charset_values = [v.strip() for v in elem.value.decode("latin_1").split("\\")]
+    charset_values = _charset(data, start, implicit, little)
     codec: str | None = "latin_1"
     if len(charset_values) == 1 or not charset_values:
         codec = _SIMPLE_CHARSETS.get(charset_values[0] if charset_values else "")
     else:
         codec = None
     encodings = convert_encodings(charset_values or ["ISO_IR 6"])
+    if len(data) < 65536:
+        # The whole file is in hand: parse from memory, not by ~90 small reads a file.
+        fp = io.BytesIO(data)
     fp.seek(start)
     out: dict[str, Any] = {}
     for elem in data_element_generator(fp, implicit, little, defer_size=defer, encoding=encodings):
