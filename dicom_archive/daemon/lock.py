@@ -11,7 +11,10 @@ import os
 import time
 from pathlib import Path
 
+from dicom_archive.archive.daemonstate import is_locked
 from dicom_archive.errors import ArchiveError, DaemonAlreadyRunning
+
+__all__ = ["FolderLock", "is_locked"]
 
 
 class FolderLock:
@@ -41,18 +44,3 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def is_locked(folder: Path) -> bool:
-    """Whether a daemon holds ``folder`` now (an instant's probe)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_archive.archive.daemonstate import Counts as Counts  # re-exported: status_cmd, tests
 from dicom_archive.archive.latency import LatencyRecorder
 from dicom_archive.archive.records import Outcome
 from dicom_archive.daemon.config import DaemonConfig
@@ -17,24 +18,6 @@ from dicom_archive.daemon.jobqueue import JobQueue
 
 #: Folders to try to remove once they are empty; beyond this many, a full scan prunes.
 TIDY_LIMIT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    imported: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    rejected: int = 0
-    failed: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "imported": self.imported,
-            "duplicates": self.duplicates,
-            "conflicts": self.conflicts,
-            "rejected": self.rejected,
-            "failed": self.failed,
-        }
 
 
 class Counters:

@@ -10,13 +10,13 @@ upkeep never starves imports; a stop request aborts a check between files.
 
 from __future__ import annotations
 
-import calendar
 import os
 import threading
 import time
 from dataclasses import dataclass
 
 from dicom_archive.archive import trash
+from dicom_archive.archive.daemonstate import parse_iso
 from dicom_archive.archive.index import Index, now_iso
 from dicom_archive.archive.integrity import check_archive, record_check
 from dicom_archive.archive.retention import apply_retention, record_settings
@@ -47,16 +47,6 @@ class CheckResult:
     instances: int
     findings: int
     seconds: float
-
-
-def parse_iso(text: str | None) -> float | None:
-    """Seconds since the epoch from the index's ``YYYY-MM-DDTHH:MM:SSZ``."""
-    if not text:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
 
 
 def last_check_time(index: Index, verified: bool) -> float | None:

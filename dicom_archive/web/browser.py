@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dicom_archive.archive.daemonstate import CheckInfo, DaemonStatus, read_status
 from dicom_archive.archive.layout import ArchivePaths
 from dicom_archive.archive.query import StudyQuery, StudyResult, find_studies, parse_date_range
 from dicom_archive.archive.store import Archive
-from dicom_archive.daemon.status import CheckInfo, DaemonStatus, read_status
 from dicom_archive.errors import ArchiveError, UsageError
 from dicom_archive.text import strip_control
 from dicom_archive.web import lookup

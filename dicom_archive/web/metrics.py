@@ -2,7 +2,7 @@
 
 The daemon already keeps its state in the index (a row per run with its counts and
 queue depth, the listener's state in ``meta``, each integrity check in ``checks``,
-the import-latency histogram in ``meta``; see ``daemon/status.py`` and
+the import-latency histogram in ``meta``; see ``archive/daemonstate.py`` and
 ``archive/latency.py``), so a custom collector that reads it gives the same answer
 whether the web server runs inside the daemon or alone beside it; in-process
 counters would see only one process. Nothing here is counted in this process.
@@ -30,10 +30,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dicom_archive.archive import latency
+from dicom_archive.archive.daemonstate import CheckInfo, parse_iso, read_status
 from dicom_archive.archive.layout import INDEX_NAME, ArchivePaths
 from dicom_archive.archive.store import Archive
-from dicom_archive.daemon.scheduler import parse_iso
-from dicom_archive.daemon.status import CheckInfo, read_status
 from dicom_archive.errors import ArchiveError
 from dicom_archive.web import lookup
 
